@@ -1,0 +1,1 @@
+"""The `ckrv` command for users of Chakravarti Cloud."""

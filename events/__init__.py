@@ -1,0 +1,1 @@
+"""The job event backbone: envelope, catalog, state machine, subjects, streams, publisher, consumers."""

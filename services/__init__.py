@@ -1,0 +1,1 @@
+"""The server side of Chakravarti Cloud: gateway, event-driven services, runners, local stack."""

@@ -1,0 +1,1 @@
+"""What every service shares: settings, structured logging, health and metrics, the runner."""

@@ -1,0 +1,1 @@
+"""`ckrv-worker`: the entrypoint that runs inside a job's workload."""

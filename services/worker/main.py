@@ -1,0 +1,14 @@
+"""`ckrv-worker` command line. The job steps arrive with the execution work; for now it only explains itself."""
+
+from __future__ import annotations
+
+import cyclopts
+
+app = cyclopts.App(
+    name="ckrv-worker",
+    help="Runs one Chakravarti Cloud job inside its workload: clone, run agents, upload results.",
+)
+
+
+def main() -> None:
+    app()
