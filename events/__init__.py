@@ -1,1 +1,1 @@
-"""The job event backbone: envelope, catalog, state machine, subjects, streams, publisher, consumers."""
+"""The job event backbone: envelope, catalog, state machine, streams, publisher, consumers."""

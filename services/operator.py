@@ -1,11 +1,84 @@
-"""`ckrv-cloud`: the operator's command (start the local stack, serve one service, migrate)."""
+"""`ckrv-cloud`: the operator's command (local stack, one service, schema and streams)."""
 
 from __future__ import annotations
 
+import asyncio
+import sys
+from collections.abc import Callable
+from typing import Literal
+
 import cyclopts
+from pydantic import ValidationError
+
+from ckrv.services.common.logging import configure_logging
+from ckrv.services.common.service import Service, run_service
+from ckrv.services.common.settings import CommonSettings, ServiceSettings
 
 app = cyclopts.App(name="ckrv-cloud", help="Operate Chakravarti Cloud: local stack and services.")
 
+ServiceName = Literal["gateway"]
+
+
+def _gateway(common: CommonSettings) -> tuple[Service, ServiceSettings]:
+    from ckrv.services.gateway.service import GatewayService
+    from ckrv.services.gateway.settings import GatewaySettings
+
+    return GatewayService(common), GatewaySettings()
+
+
+# Every runnable service, by the name `serve` takes; the local stack starts each of them.
+SERVICES: dict[str, Callable[[CommonSettings], tuple[Service, ServiceSettings]]] = {
+    "gateway": _gateway,
+}
+
+
+@app.command
+def serve(name: ServiceName, /) -> None:
+    """Run one service until SIGTERM or Ctrl-C.
+
+    Parameters
+    ----------
+    name
+        Which service to run.
+    """
+    common = CommonSettings()
+    configure_logging(name, level=common.log_level, fmt=common.log_format)
+    service, settings = SERVICES[name](common)
+    sys.exit(asyncio.run(run_service(service, settings)))
+
+
+@app.command
+def migrate() -> None:
+    """Create the database tables that do not exist yet."""
+    from ckrv.services.common.db import create_schema
+
+    common = CommonSettings()
+    asyncio.run(create_schema(common.database_url.get_secret_value()))
+    print("database schema is up to date")
+
+
+@app.command
+def provision() -> None:
+    """Create or update the JetStream streams (JOBS, LOGS, DEADLETTER)."""
+    from ckrv.events.streams import provision_streams
+    from ckrv.services.common.connections import connect_nats
+
+    async def provision_all() -> None:
+        nc = await connect_nats(CommonSettings().nats_url, name="ckrv-cloud")
+        try:
+            for stream, outcome in (await provision_streams(nc.jetstream())).items():
+                print(f"{stream}: {outcome}")
+        finally:
+            await nc.close()
+
+    asyncio.run(provision_all())
+
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except ValidationError as error:
+        # Settings come from the environment; say which variable is wrong, not a traceback.
+        messages = "; ".join(str(detail["msg"]) for detail in error.errors())
+        print(f"ckrv-cloud: invalid settings: {messages}", file=sys.stderr)
+        sys.exit(2)

@@ -1,4 +1,4 @@
-"""`ckrv-worker` command line. The job steps arrive with the execution work; for now it only explains itself."""
+"""`ckrv-worker` command line; the job steps arrive with the execution work."""
 
 from __future__ import annotations
 

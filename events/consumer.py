@@ -1,0 +1,261 @@
+"""Durable pull consumers with explicit acks, bounded retries and a dead-letter subject.
+
+`EventConsumer` fetches from a durable consumer that every replica of a service
+shares, so each message is handled once per service. The handler's outcome
+decides the message's fate:
+
+- returns: ack;
+- raises `TransientError` (or anything unexpected): `nak` with a growing delay,
+  until the consumer's delivery limit, then dead-letter;
+- raises `PermanentError`, or the message cannot be decoded: dead-letter now.
+
+Dead letters go to `deadletter.<consumer>` (kept by the DEADLETTER stream) with the
+original payload and the reason in headers, and the consumer keeps going.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from prometheus_client import Counter, Gauge, Histogram
+
+from ckrv.events.subjects import dead_letter_subject
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MESSAGES = Counter(
+    "ckrv_consumer_messages_total",
+    "Messages a consumer finished with, by outcome (acked, retried, dead_lettered).",
+    ["consumer", "outcome"],
+)
+PENDING = Gauge(
+    "ckrv_consumer_lag_messages",
+    "Messages in the stream the consumer has not been delivered yet.",
+    ["consumer"],
+)
+HANDLE_SECONDS = Histogram(
+    "ckrv_consumer_handle_seconds", "Time the handler took per message.", ["consumer"]
+)
+
+DEAD_LETTER_REASON = "Ckrv-Dead-Letter-Reason"
+ORIGINAL_SUBJECT = "Ckrv-Original-Subject"
+ORIGINAL_STREAM = "Ckrv-Original-Stream"
+ORIGINAL_SEQUENCE = "Ckrv-Original-Sequence"
+DELIVERIES = "Ckrv-Deliveries"
+MAX_HEADER_VALUE = 2000
+
+
+class TransientError(Exception):
+    """The handler could not finish now but may later (a peer is down, a lock is held)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(Exception):
+    """The message can never be handled; retrying would only repeat the failure."""
+
+
+@dataclass(frozen=True)
+class Delivery(Generic[T]):
+    """One decoded message as the handler sees it."""
+
+    payload: T
+    subject: str
+    stream_sequence: int
+    num_delivered: int
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """The durable consumer's identity and delivery policy."""
+
+    durable: str
+    stream: str
+    filter_subjects: tuple[str, ...]
+    max_deliver: int = 5
+    ack_wait_seconds: float = 30.0
+    retry_delays: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0)
+    batch_size: int = 32
+    fetch_timeout_seconds: float = 1.0
+    max_ack_pending: int = 1000
+    deliver_policy: DeliverPolicy = field(default=DeliverPolicy.ALL)
+
+    def retry_delay(self, num_delivered: int) -> float:
+        return self.retry_delays[min(num_delivered, len(self.retry_delays)) - 1]
+
+    def config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            name=self.durable,
+            durable_name=self.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait_seconds,
+            # One more than we retry ourselves: the last delivery is the one that dead-letters.
+            max_deliver=self.max_deliver + 1,
+            max_ack_pending=self.max_ack_pending,
+            deliver_policy=self.deliver_policy,
+            filter_subjects=list(self.filter_subjects),
+        )
+
+
+class EventConsumer(Generic[T]):
+    """Runs `handler` for every message of a durable pull consumer until stopped."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        spec: ConsumerSpec,
+        decode: Callable[[bytes], T],
+        handler: Callable[[Delivery[T]], Awaitable[None]],
+    ) -> None:
+        self._js = js
+        self._spec = spec
+        self._decode = decode
+        self._handler = handler
+        self._dead_letters = dead_letter_subject(spec.durable)
+
+    async def ensure_consumer(self) -> None:
+        """Create the durable consumer, or bring an existing one up to date (same call)."""
+        await self._js.add_consumer(self._spec.stream, self._spec.config())
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Fetch and handle until `stop` is set, then finish the message in hand and return."""
+        await self.ensure_consumer()
+        subscription = await self._js.pull_subscribe_bind(
+            self._spec.durable, stream=self._spec.stream
+        )
+        try:
+            while not stop.is_set():
+                try:
+                    batch = await subscription.fetch(
+                        self._spec.batch_size, timeout=self._spec.fetch_timeout_seconds
+                    )
+                except nats.errors.TimeoutError:
+                    continue
+                for position, message in enumerate(batch):
+                    if stop.is_set():
+                        # Hand the rest back at once so another replica takes them now,
+                        # instead of after the ack wait.
+                        for unhandled in batch[position:]:
+                            await unhandled.nak()
+                        break
+                    await self.handle(message)
+        finally:
+            await subscription.unsubscribe()
+
+    async def handle(self, message: Msg) -> None:
+        """Decide one message's fate from the handler's outcome."""
+        metadata = message.metadata
+        consumer = self._spec.durable
+        PENDING.labels(consumer).set(metadata.num_pending)
+        try:
+            payload = self._decode(message.data)
+        except ValueError as error:
+            await self._dead_letter(message, f"undecodable message: {error}")
+            return
+        delivery = Delivery(
+            payload=payload,
+            subject=message.subject,
+            stream_sequence=metadata.sequence.stream,
+            num_delivered=metadata.num_delivered,
+        )
+        started = time.perf_counter()
+        try:
+            async with self._keep_alive(message):
+                await self._handler(delivery)
+        except PermanentError as error:
+            await self._dead_letter(message, f"permanent failure: {error}")
+        except Exception as error:
+            await self._retry_or_dead_letter(message, delivery, error)
+        else:
+            await message.ack()
+            MESSAGES.labels(consumer, "acked").inc()
+        finally:
+            HANDLE_SECONDS.labels(consumer).observe(time.perf_counter() - started)
+
+    async def _retry_or_dead_letter(
+        self, message: Msg, delivery: Delivery[T], error: Exception
+    ) -> None:
+        if delivery.num_delivered >= self._spec.max_deliver:
+            await self._dead_letter(
+                message, f"gave up after {delivery.num_delivered} deliveries: {error!r}"
+            )
+            return
+        delay = (
+            error.retry_after
+            if isinstance(error, TransientError) and error.retry_after is not None
+            else self._spec.retry_delay(delivery.num_delivered)
+        )
+        log = logger.warning if isinstance(error, TransientError) else logger.exception
+        log(
+            "handler failed; retrying",
+            extra={
+                "consumer": self._spec.durable,
+                "subject": delivery.subject,
+                "stream_sequence": delivery.stream_sequence,
+                "delivery": delivery.num_delivered,
+                "retry_in_seconds": delay,
+            },
+        )
+        await message.nak(delay=delay)
+        MESSAGES.labels(self._spec.durable, "retried").inc()
+
+    async def _dead_letter(self, message: Msg, reason: str) -> None:
+        metadata = message.metadata
+        stream_sequence = metadata.sequence.stream
+        headers = {
+            # The same message dead-lettered twice (a crash before the term) is stored once.
+            "Nats-Msg-Id": f"{self._spec.durable}:{metadata.stream}:{stream_sequence}",
+            DEAD_LETTER_REASON: _header_value(reason),
+            ORIGINAL_SUBJECT: message.subject,
+            ORIGINAL_STREAM: metadata.stream,
+            ORIGINAL_SEQUENCE: str(stream_sequence),
+            DELIVERIES: str(metadata.num_delivered),
+        }
+        await self._js.publish(self._dead_letters, message.data, headers=headers)
+        await message.term()
+        MESSAGES.labels(self._spec.durable, "dead_lettered").inc()
+        logger.error(
+            "message dead-lettered",
+            extra={
+                "consumer": self._spec.durable,
+                "subject": message.subject,
+                "stream_sequence": stream_sequence,
+                "reason": reason,
+            },
+        )
+
+    @contextlib.asynccontextmanager
+    async def _keep_alive(self, message: Msg) -> AsyncIterator[None]:
+        """Tell the server the message is still being worked on while a slow handler runs."""
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(self._spec.ack_wait_seconds / 2)
+                await message.in_progress()
+
+        heartbeat = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+
+def _header_value(text: str) -> str:
+    """Header values cannot hold line breaks and should stay short."""
+    return " ".join(text.split())[:MAX_HEADER_VALUE]

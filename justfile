@@ -1,0 +1,47 @@
+# Chakravarti Cloud developer recipes. Run through ./dev, which prepares .venv first.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# List the recipes.
+default:
+    @just --list
+
+# [setup] Install the project with its dev tools into .venv (./dev already did it; this re-runs it).
+setup:
+    python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+
+# [stack] Start the local stack (NATS, PostgreSQL, SeaweedFS and the services) until Ctrl-C.
+up *args:
+    ckrv-cloud up {{args}}
+
+# [stack] The main job end to end on a throw-away local stack.
+demo:
+    python -m ckrv.services.stack.demo
+
+# [test] Lint, type-check, then the whole test suite against real servers.
+test: lint
+    pytest -q
+
+# [test] Only the tests that need no server.
+test-unit:
+    pytest -q -m "not integration and not e2e"
+
+# [quality] ruff (lint and format check), mypy --strict, and the generated contracts are current.
+lint:
+    ruff check .
+    ruff format --check .
+    mypy -p ckrv
+    python -m ckrv.schemas.export --check
+
+# [quality] Rewrite the code in the house format and apply safe lint fixes.
+fmt:
+    ruff format .
+    ruff check --fix .
+
+# [quality] Regenerate the checked-in contracts (event JSON Schemas).
+schemas:
+    python -m ckrv.schemas.export
+
+# [perf] Run the benchmarks; each writes tests/perf/results/<name>.json and prints a table.
+bench:
+    python -m tests.perf

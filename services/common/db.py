@@ -1,0 +1,48 @@
+"""PostgreSQL access: async engines and sessions, and creation of the schema every service uses."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlmodel import SQLModel
+
+# Importing the table modules registers their tables on SQLModel.metadata.
+from ckrv.services.common import inbox as _inbox  # noqa: F401
+
+
+def async_database_url(url: str) -> str:
+    """Accept plain `postgresql://` URLs (as operators write them) and pick the asyncpg driver."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url.removeprefix(prefix)
+    return url
+
+
+def create_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
+    return create_async_engine(async_database_url(url), pool_size=pool_size, pool_pre_ping=True)
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@asynccontextmanager
+async def temporary_engine(url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(url, pool_size=1)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+async def create_schema(url: str) -> None:
+    """Create every table that does not exist yet; existing tables and rows are kept."""
+    async with temporary_engine(url) as engine, engine.begin() as connection:
+        await connection.run_sync(SQLModel.metadata.create_all)
