@@ -10,9 +10,7 @@ PARTS = ("cli", "events", "schemas", "services")
 
 package_dir = {f"ckrv.{part}": part for part in PARTS}
 packages = [
-    f"ckrv.{part}{'.' + sub if sub else ''}"
-    for part in PARTS
-    for sub in ["", *find_packages(part)]
+    f"ckrv.{part}{'.' + sub if sub else ''}" for part in PARTS for sub in ["", *find_packages(part)]
 ]
 
 setup(package_dir=package_dir, packages=packages)

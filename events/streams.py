@@ -49,39 +49,46 @@ class ProvisionOutcome(enum.StrEnum):
 def stream_configs(retention: StreamRetention | None = None) -> list[StreamConfig]:
     """The desired configuration of every stream the service owns."""
     retention = retention or StreamRetention()
-    common = {
-        "storage": StorageType.FILE,
-        "retention": RetentionPolicy.LIMITS,
-        "discard": DiscardPolicy.OLD,
-        "duplicate_window": DUPLICATE_WINDOW_SECONDS,
-        "allow_direct": True,
-    }
     return [
-        StreamConfig(
-            name=JOBS_STREAM,
-            description="Job events: the source of truth for every job's state.",
-            subjects=[JOBS_SUBJECTS],
-            max_age=retention.jobs_max_age,
+        _stream(
+            JOBS_STREAM,
+            "Job events: the source of truth for every job's state.",
+            JOBS_SUBJECTS,
+            retention.jobs_max_age,
             # Events are history: nobody may delete or purge them through the API.
-            deny_delete=True,
-            deny_purge=True,
-            **common,
+            immutable=True,
         ),
-        StreamConfig(
-            name=LOGS_STREAM,
-            description="Job log lines, one message per line.",
-            subjects=[LOGS_SUBJECTS],
-            max_age=retention.logs_max_age,
-            **common,
+        _stream(
+            LOGS_STREAM,
+            "Job log lines, one message per line.",
+            LOGS_SUBJECTS,
+            retention.logs_max_age,
         ),
-        StreamConfig(
-            name=DEAD_LETTER_STREAM,
-            description="Messages a consumer could never handle, with the reason in headers.",
-            subjects=[f"{DEAD_LETTER_PREFIX}.>"],
-            max_age=retention.dead_letter_max_age,
-            **common,
+        _stream(
+            DEAD_LETTER_STREAM,
+            "Messages a consumer could never handle, with the reason in headers.",
+            f"{DEAD_LETTER_PREFIX}.>",
+            retention.dead_letter_max_age,
         ),
     ]
+
+
+def _stream(
+    name: str, description: str, subjects: str, max_age: float, *, immutable: bool = False
+) -> StreamConfig:
+    return StreamConfig(
+        name=name,
+        description=description,
+        subjects=[subjects],
+        storage=StorageType.FILE,
+        retention=RetentionPolicy.LIMITS,
+        discard=DiscardPolicy.OLD,
+        max_age=max_age,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        allow_direct=True,
+        deny_delete=immutable,
+        deny_purge=immutable,
+    )
 
 
 # The settings provisioning manages; anything else on a live stream is left as the operator set it.

@@ -13,7 +13,7 @@ from uuid import UUID
 from sqlalchemy import DateTime
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 
 def _utc_now() -> datetime:
@@ -39,7 +39,7 @@ async def claim_event(session: AsyncSession, consumer: str, event_id: UUID) -> b
         insert(ProcessedEvent)
         .values(consumer=consumer, event_id=event_id, processed_at=_utc_now())
         .on_conflict_do_nothing()
-        .returning(ProcessedEvent.event_id)  # type: ignore[arg-type]
+        .returning(col(ProcessedEvent.event_id))
     )
     result = await session.execute(statement)
     return result.first() is not None
