@@ -29,10 +29,6 @@ def dev_default(default: Any, description: str) -> Any:
     )
 
 
-class DevDefaultRefused(ValueError):
-    """A production process would have run on a development default."""
-
-
 class CkrvSettings(BaseSettings):
     """Base of every settings class: knows the environment and guards dev defaults."""
 
@@ -56,7 +52,7 @@ class CkrvSettings(BaseSettings):
             and name not in self.model_fields_set
         ]
         if missing:
-            raise DevDefaultRefused(
+            raise ValueError(
                 f"set {', '.join(missing)}: development defaults are only allowed with CKRV_ENV=dev"
             )
         return self
