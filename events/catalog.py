@@ -18,7 +18,7 @@ from pydantic import AwareDatetime, Field, TypeAdapter, ValidationError
 
 from ckrv.events.envelope import Event, EventData
 from ckrv.events.errors import MalformedEvent
-from ckrv.events.upcasting import UPCASTERS, UpcasterRegistry
+from ckrv.events.upcasting import UPCASTERS
 
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 WORKLOAD_NAME_PATTERN = r"^ckrv-job-[0-9a-f-]{36}-[1-9][0-9]*$"
@@ -383,12 +383,10 @@ CURRENT_VERSIONS: dict[str, int] = {
 }
 
 
-def parse_event(
-    raw: bytes | str | dict[str, Any], upcasters: UpcasterRegistry = UPCASTERS
-) -> JobEvent:
+def parse_event(raw: bytes | str | dict[str, Any]) -> JobEvent:
     """Decode a JOBS message (or its already-parsed JSON) into its catalog event.
 
-    Older versions are lifted by `upcasters` first. Every failure is an
+    Older versions are lifted by the upcasters in `UPCASTERS` first. Every failure is an
     `EventDecodeError`: `MalformedEvent`, `UnknownEventType` or `UnknownEventVersion`.
     """
     document: object
@@ -402,7 +400,7 @@ def parse_event(
     if not isinstance(document, dict):
         raise MalformedEvent(f"event must be a JSON object, not {type(document).__name__}")
 
-    current = upcasters.upcast(document, CURRENT_VERSIONS)
+    current = UPCASTERS.upcast(document, CURRENT_VERSIONS)
     try:
         return JOB_EVENT_ADAPTER.validate_python(current)
     except ValidationError as error:
