@@ -6,17 +6,14 @@ The jobs are written field by field, not folded from events, so that tests of
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
 from ckrv.events.catalog import (
     EVENT_TYPES,
-    JobArtifactStoredData,
     JobEvent,
     JobSubmittedData,
-    JobSucceededData,
     Phase,
     RunnerBackend,
     workload_name,
@@ -168,39 +165,49 @@ def make_event(
 
 
 def make_command(kind: str, attempt: int = 1, **fields: Any) -> JobCommand:
-    """A command of `kind` about `attempt` (for `retry`, the lost attempt)."""
-    artifact = JobArtifactStoredData.model_validate(_event_data("job.artifact-stored", attempt))
-    result = JobSucceededData.model_validate(_event_data("job.succeeded", attempt))
-    builders: dict[str, Callable[[], JobCommand]] = {
-        "submit": lambda: SubmitJob(actor="user:u_7f3k2m9q", submission=SUBMISSION, **fields),
-        "queue": lambda: QueueJob(actor="service:dispatcher", reason="admitted", **fields),
-        "reject": lambda: RejectJob(
-            actor="service:dispatcher", error_code="quota", error_message="no", **fields
+    """A command of `kind` about `attempt` (for `retry`, the lost attempt); `fields` override."""
+    artifact = _event_data("job.artifact-stored", attempt)
+    result = _event_data("job.succeeded", attempt)
+    command_class, defaults = {
+        "submit": (SubmitJob, {"actor": "user:u_7f3k2m9q", "submission": SUBMISSION}),
+        "queue": (QueueJob, {"actor": "service:dispatcher", "reason": "admitted"}),
+        "reject": (
+            RejectJob,
+            {"actor": "service:dispatcher", "error_code": "quota", "error_message": "no"},
         ),
-        "dispatch": lambda: DispatchJob(actor="service:dispatcher", runner="local", **fields),
-        "start": lambda: StartJob(actor="service:watcher", attempt=attempt, **fields),
-        "phase": lambda: ChangePhase(
-            actor="service:log-relay", attempt=attempt, phase=Phase.EXECUTING, **fields
+        "dispatch": (DispatchJob, {"actor": "service:dispatcher", "runner": "local"}),
+        "start": (StartJob, {"actor": "service:watcher", "attempt": attempt}),
+        "phase": (
+            ChangePhase,
+            {"actor": "service:log-relay", "attempt": attempt, "phase": "executing"},
         ),
-        "artifact": lambda: RecordArtifact(actor="service:artifacts", artifact=artifact, **fields),
-        "succeed": lambda: SucceedJob(actor="service:watcher", result=result, **fields),
-        "fail": lambda: FailJob(
-            actor="service:watcher",
-            attempt=attempt,
-            error_code="agent_failed",
-            error_message="the agent exited with 1",
-            exit_code=1,
-            **fields,
+        "artifact": (RecordArtifact, {"actor": "service:artifacts", "artifact": artifact}),
+        "succeed": (SucceedJob, {"actor": "service:watcher", "result": result}),
+        "fail": (
+            FailJob,
+            {
+                "actor": "service:watcher",
+                "attempt": attempt,
+                "error_code": "agent_failed",
+                "error_message": "the agent exited with 1",
+                "exit_code": 1,
+            },
         ),
-        "timeout": lambda: TimeOutJob(actor="service:watcher", attempt=attempt, **fields),
-        "cancel": lambda: RequestCancel(actor="user:u_7f3k2m9q", reason="wrong spec", **fields),
-        "confirm": lambda: ConfirmCancel(actor="service:dispatcher", **fields),
-        "lost": lambda: MarkLost(
-            actor="service:watcher", attempt=attempt, reason="node drained", **fields
+        "timeout": (TimeOutJob, {"actor": "service:watcher", "attempt": attempt}),
+        "cancel": (RequestCancel, {"actor": "user:u_7f3k2m9q", "reason": "wrong spec"}),
+        "confirm": (ConfirmCancel, {"actor": "service:dispatcher"}),
+        "lost": (
+            MarkLost,
+            {"actor": "service:watcher", "attempt": attempt, "reason": "node drained"},
         ),
-        "retry": lambda: RetryJob(actor="service:dispatcher", attempt=attempt, **fields),
-        "expire": lambda: ExpireResults(
-            actor="service:artifacts", expired_at=_at(7 * 24 * 60), keys=("jobs/x/1/a",), **fields
+        "retry": (RetryJob, {"actor": "service:dispatcher", "attempt": attempt}),
+        "expire": (
+            ExpireResults,
+            {
+                "actor": "service:artifacts",
+                "expired_at": _at(7 * 24 * 60),
+                "keys": ["jobs/x/1/a"],
+            },
         ),
-    }
-    return builders[kind]()
+    }[kind]
+    return command_class.model_validate({**defaults, **fields})
