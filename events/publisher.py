@@ -11,10 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from uuid import UUID
 
-from nats.js import JetStreamContext
+from nats.aio.client import Client
 from nats.js.errors import APIError
 
 from ckrv.events.envelope import Event
+from ckrv.events.history import read_job_history
 from ckrv.events.subjects import JOBS_STREAM, job_subjects
 
 # nats-server's error code for "wrong last sequence" on a conditional publish.
@@ -42,12 +43,29 @@ class AppendResult:
 class EventPublisher:
     """Conditional, idempotent appends of job events."""
 
-    def __init__(self, js: JetStreamContext, *, timeout: float = 5.0) -> None:
-        self._js = js
+    def __init__(self, nc: Client, *, timeout: float = 5.0) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
         self._timeout = timeout
 
     async def append(self, event: Event, *, expected_sequence: int) -> AppendResult:
-        """Append `event` if the job's last event is still at `expected_sequence`."""
+        """Append `event` if the job's last event is still at `expected_sequence`.
+
+        Appending an event the job's history already holds returns where it landed
+        (`duplicate`), even when the job has moved on since: the server checks the
+        expected sequence before its dedupe window, so a retried append whose first
+        answer was lost meets a conflict, and the history tells it apart from a lost race.
+        """
+        try:
+            return await self._publish(event, expected_sequence)
+        except ConcurrencyConflict:
+            later = await read_job_history(self._nc, event.job_id, after_sequence=expected_sequence)
+            for stored in later:
+                if stored.event.id == event.id:
+                    return AppendResult(event.id, stored.sequence, duplicate=True)
+            raise
+
+    async def _publish(self, event: Event, expected_sequence: int) -> AppendResult:
         headers = {
             "Nats-Msg-Id": str(event.id),
             "Nats-Expected-Last-Subject-Sequence": str(expected_sequence),

@@ -1,0 +1,267 @@
+"""The durable consumer runner against a real nats-server: acks, retries, dead letters, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from uuid import UUID
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.js.api import ConsumerInfo
+from nats.js.errors import NotFoundError
+
+from ckrv.events.catalog import JobEvent, parse_event
+from ckrv.events.consumer import (
+    DEAD_LETTER_REASON,
+    DELIVERIES,
+    ORIGINAL_SEQUENCE,
+    ORIGINAL_SUBJECT,
+    ConsumerSpec,
+    Delivery,
+    EventConsumer,
+    PermanentError,
+    TransientError,
+)
+from ckrv.events.publisher import EventPublisher
+from ckrv.events.streams import DEAD_LETTER_STREAM
+from ckrv.events.subjects import JOBS_STREAM, dead_letter_subject, job_subjects
+from tests.integration.events.builders import submitted
+
+pytestmark = pytest.mark.integration
+
+Handler = Callable[[Delivery[JobEvent]], Awaitable[None]]
+
+
+def spec_for(job_id: UUID, **overrides: object) -> ConsumerSpec:
+    options: dict[str, object] = {
+        "durable": f"test-{job_id.hex[:12]}",
+        "stream": JOBS_STREAM,
+        "filter_subjects": (job_subjects(job_id),),
+        "max_deliver": 3,
+        "ack_wait_seconds": 2.0,
+        "retry_delays": (0.05,),
+        "fetch_timeout_seconds": 0.2,
+    } | overrides
+    return ConsumerSpec(**options)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def running(nc: Client, spec: ConsumerSpec, handler: Handler) -> AsyncIterator[asyncio.Event]:
+    stop = asyncio.Event()
+    consumer = EventConsumer(nc.jetstream(), spec, parse_event, handler)
+    await consumer.ensure_consumer()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        yield stop
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+
+
+async def eventually(condition: Callable[[], bool], within: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+async def consumer_info(nc: Client, spec: ConsumerSpec) -> ConsumerInfo:
+    return await nc.jetstream().consumer_info(spec.stream, spec.durable)
+
+
+async def last_dead_letter(nc: Client, spec: ConsumerSpec) -> tuple[dict[str, str], bytes]:
+    """The newest dead letter of the consumer, waiting for it to arrive."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        try:
+            message = await nc.jetstream().get_last_msg(
+                DEAD_LETTER_STREAM, dead_letter_subject(spec.durable)
+            )
+        except NotFoundError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+            continue
+        return dict(message.headers or {}), message.data or b""
+
+
+async def test_each_event_is_handled_once_in_order_and_acked(nc: Client, job_id: UUID) -> None:
+    publisher = EventPublisher(nc)
+    events = [submitted(job_id, spec_id=f"spec-{number}") for number in range(5)]
+    expected = 0
+    for event in events:
+        expected = (await publisher.append(event, expected_sequence=expected)).sequence
+    # The same event published again is dropped by the stream's dedupe window.
+    await nc.jetstream().publish(
+        events[0].subject,
+        events[0].model_dump_json().encode(),
+        headers={"Nats-Msg-Id": str(events[0].id)},
+    )
+
+    seen: list[UUID] = []
+
+    async def handler(delivery: Delivery[JobEvent]) -> None:
+        seen.append(delivery.payload.id)
+
+    spec = spec_for(job_id)
+    async with running(nc, spec, handler):
+        await eventually(lambda: len(seen) == len(events))
+        await asyncio.sleep(0.3)
+    assert seen == [event.id for event in events]
+    info = await consumer_info(nc, spec)
+    assert info.num_pending == 0
+    assert info.num_ack_pending == 0
+
+
+async def test_a_crash_before_ack_redelivers(provisioned_nats_url: str, job_id: UUID) -> None:
+    spec = spec_for(job_id, ack_wait_seconds=1.0)
+    first_process = await nats.connect(provisioned_nats_url)
+    await EventPublisher(first_process).append(submitted(job_id), expected_sequence=0)
+    started = asyncio.Event()
+
+    async def hangs(_: Delivery[JobEvent]) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    consumer = EventConsumer(first_process.jetstream(), spec, parse_event, hangs)
+    crashed = asyncio.create_task(consumer.run(asyncio.Event()))
+    await asyncio.wait_for(started.wait(), 10)
+    # The process dies mid-handler: no ack, no nak, the connection is gone.
+    crashed.cancel()
+    await asyncio.gather(crashed, return_exceptions=True)
+    await first_process.close()
+
+    second_process = await nats.connect(provisioned_nats_url)
+    deliveries: list[int] = []
+
+    async def completes(delivery: Delivery[JobEvent]) -> None:
+        deliveries.append(delivery.num_delivered)
+
+    try:
+        async with running(second_process, spec, completes):
+            await eventually(lambda: bool(deliveries))
+        assert deliveries == [2]
+        assert (await consumer_info(second_process, spec)).num_ack_pending == 0
+    finally:
+        await second_process.close()
+
+
+async def test_malformed_json_is_dead_lettered_with_the_reason_and_the_consumer_goes_on(
+    nc: Client, job_id: UUID
+) -> None:
+    js = nc.jetstream()
+    poison = await js.publish(f"jobs.{job_id}.submitted", b"{not json")
+    await EventPublisher(nc).append(submitted(job_id), expected_sequence=poison.seq)
+    handled: list[str] = []
+
+    async def handler(delivery: Delivery[JobEvent]) -> None:
+        handled.append(delivery.payload.type)
+
+    spec = spec_for(job_id)
+    async with running(nc, spec, handler):
+        await eventually(lambda: handled == ["job.submitted"])
+    headers, payload = await last_dead_letter(nc, spec)
+    assert payload == b"{not json"
+    assert "not valid JSON" in headers[DEAD_LETTER_REASON]
+    assert headers[ORIGINAL_SUBJECT] == f"jobs.{job_id}.submitted"
+    assert headers[ORIGINAL_SEQUENCE] == str(poison.seq)
+
+
+async def test_an_unknown_event_version_is_dead_lettered_naming_type_and_version(
+    nc: Client, job_id: UUID
+) -> None:
+    document = json.loads(submitted(job_id).model_dump_json())
+    document["version"] = 99
+    await nc.jetstream().publish(f"jobs.{job_id}.submitted", json.dumps(document).encode())
+
+    async def handler(_: Delivery[JobEvent]) -> None:
+        raise AssertionError("an undecodable event must not reach the handler")
+
+    spec = spec_for(job_id)
+    async with running(nc, spec, handler):
+        headers, _ = await last_dead_letter(nc, spec)
+    assert "job.submitted" in headers[DEAD_LETTER_REASON]
+    assert "99" in headers[DEAD_LETTER_REASON]
+    assert (await consumer_info(nc, spec)).num_ack_pending == 0
+
+
+async def test_a_permanent_failure_is_dead_lettered_at_once(nc: Client, job_id: UUID) -> None:
+    await EventPublisher(nc).append(submitted(job_id), expected_sequence=0)
+    calls: list[int] = []
+
+    async def handler(delivery: Delivery[JobEvent]) -> None:
+        calls.append(delivery.num_delivered)
+        raise PermanentError("the repository URL points nowhere")
+
+    spec = spec_for(job_id)
+    async with running(nc, spec, handler):
+        await eventually(lambda: bool(calls))
+        await asyncio.sleep(0.3)
+    assert calls == [1]
+    headers, _ = await last_dead_letter(nc, spec)
+    assert "the repository URL points nowhere" in headers[DEAD_LETTER_REASON]
+
+
+async def test_transient_failures_retry_until_the_delivery_limit_then_dead_letter(
+    nc: Client, job_id: UUID
+) -> None:
+    await EventPublisher(nc).append(submitted(job_id), expected_sequence=0)
+    calls: list[int] = []
+
+    async def handler(delivery: Delivery[JobEvent]) -> None:
+        calls.append(delivery.num_delivered)
+        raise TransientError("database unavailable", retry_after=0.05)
+
+    spec = spec_for(job_id, max_deliver=3)
+    async with running(nc, spec, handler):
+        await eventually(lambda: len(calls) == 3)
+        await asyncio.sleep(0.3)
+    assert calls == [1, 2, 3]
+    headers, _ = await last_dead_letter(nc, spec)
+    assert "gave up after 3 deliveries" in headers[DEAD_LETTER_REASON]
+    assert headers[DELIVERIES] == "3"
+    assert (await consumer_info(nc, spec)).num_ack_pending == 0
+
+
+async def test_a_transient_failure_that_clears_is_handled_on_redelivery(
+    nc: Client, job_id: UUID
+) -> None:
+    await EventPublisher(nc).append(submitted(job_id), expected_sequence=0)
+    calls: list[int] = []
+
+    async def handler(delivery: Delivery[JobEvent]) -> None:
+        calls.append(delivery.num_delivered)
+        if delivery.num_delivered == 1:
+            raise ConnectionError("peer restarting")
+
+    spec = spec_for(job_id)
+    async with running(nc, spec, handler):
+        await eventually(lambda: calls == [1, 2])
+    assert (await consumer_info(nc, spec)).num_ack_pending == 0
+
+
+async def test_stopping_lets_the_message_in_hand_finish_and_acks_it(
+    nc: Client, job_id: UUID
+) -> None:
+    await EventPublisher(nc).append(submitted(job_id), expected_sequence=0)
+    started = asyncio.Event()
+    finished: list[bool] = []
+
+    async def slow(_: Delivery[JobEvent]) -> None:
+        started.set()
+        await asyncio.sleep(0.5)
+        finished.append(True)
+
+    spec = spec_for(job_id)
+    async with running(nc, spec, slow) as stop:
+        await asyncio.wait_for(started.wait(), 10)
+        stop.set()
+    assert finished == [True]
+    info = await consumer_info(nc, spec)
+    assert info.num_ack_pending == 0
+    assert info.num_redelivered == 0
