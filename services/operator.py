@@ -82,3 +82,7 @@ def main() -> None:
         messages = "; ".join(str(detail["msg"]) for detail in error.errors())
         print(f"ckrv-cloud: invalid settings: {messages}", file=sys.stderr)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
