@@ -23,7 +23,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -143,7 +142,7 @@ class EventConsumer(Generic[T]):
                     batch = await subscription.fetch(
                         self._spec.batch_size, timeout=self._spec.fetch_timeout_seconds
                     )
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nothing arrived within the fetch window
                     continue
                 for position, message in enumerate(batch):
                     if stop.is_set():
@@ -181,7 +180,9 @@ class EventConsumer(Generic[T]):
         except Exception as error:
             await self._retry_or_dead_letter(message, delivery, error)
         else:
-            await message.ack()
+            # Wait for the server to record the ack: once the next message starts, this one
+            # must not come back after a crash.
+            await message.ack_sync()
             MESSAGES.labels(consumer, "acked").inc()
         finally:
             HANDLE_SECONDS.labels(consumer).observe(time.perf_counter() - started)

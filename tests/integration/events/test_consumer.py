@@ -13,6 +13,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import ConsumerInfo
 from nats.js.errors import NotFoundError
+from prometheus_client import REGISTRY
 
 from ckrv.events.catalog import JobEvent, parse_event
 from ckrv.events.consumer import (
@@ -70,6 +71,11 @@ async def eventually(condition: Callable[[], bool], within: float = 10.0) -> Non
         await asyncio.sleep(0.02)
 
 
+def metric(name: str, spec: ConsumerSpec, **labels: str) -> float | None:
+    """A sample of the consumer's Prometheus metrics, as /metrics would show it."""
+    return REGISTRY.get_sample_value(name, {"consumer": spec.durable, **labels})
+
+
 async def consumer_info(nc: Client, spec: ConsumerSpec) -> ConsumerInfo:
     return await nc.jetstream().consumer_info(spec.stream, spec.durable)
 
@@ -116,6 +122,8 @@ async def test_each_event_is_handled_once_in_order_and_acked(nc: Client, job_id:
     info = await consumer_info(nc, spec)
     assert info.num_pending == 0
     assert info.num_ack_pending == 0
+    assert metric("ckrv_consumer_messages_total", spec, outcome="acked") == len(events)
+    assert metric("ckrv_consumer_lag_messages", spec) == 0
 
 
 async def test_a_crash_before_ack_redelivers(provisioned_nats_url: str, job_id: UUID) -> None:
@@ -222,6 +230,8 @@ async def test_transient_failures_retry_until_the_delivery_limit_then_dead_lette
         await eventually(lambda: len(calls) == 3)
         await asyncio.sleep(0.3)
     assert calls == [1, 2, 3]
+    assert metric("ckrv_consumer_messages_total", spec, outcome="retried") == 2
+    assert metric("ckrv_consumer_messages_total", spec, outcome="dead_lettered") == 1
     headers, _ = await last_dead_letter(nc, spec)
     assert "gave up after 3 deliveries" in headers[DEAD_LETTER_REASON]
     assert headers[DELIVERIES] == "3"
