@@ -128,7 +128,8 @@ def test_submitted_records_the_submission() -> None:
     state = evolve(initial_state(JOB_ID), submitted)
 
     assert state.status is JobStatus.SUBMITTED
-    assert {name: getattr(state, name) for name in type(SUBMISSION).model_fields} == dict(SUBMISSION)
+    recorded = {name: getattr(state, name) for name in type(SUBMISSION).model_fields}
+    assert recorded == dict(SUBMISSION)
     assert state.created_at == submitted.occurred_at
     assert state.attempt == 0
     assert state.phase is None
