@@ -26,8 +26,10 @@ Rules the diagram leaves open, decided here:
 - An attempt's outcome (succeeded, failed, timed-out) is accepted while its
   workload is dispatched, running or lost: a lost workload's late outcome is
   its final word. Progress (started, phase-changed) of a lost attempt is not.
-- Lost workloads are retried up to `max_attempts` attempts in all; a lost
-  workload on the last attempt fails the job (`error_code` `workload_lost`).
+- Lost workloads are retried up to `max_attempts` attempts in all. When the
+  lost attempt is the last one, `decide` yields `failed` (`error_code`
+  `workload_lost`) instead of `lost` (MarkLost) or `retried` (RetryJob), and
+  `evolve` ignores a retry past the limit.
 - `decide` returns `[]` when the command's goal already holds, and raises
   `JobTransitionError` when it cannot be reached from the current state.
   Commands are not blocked by a pending cancel, except queueing, dispatching
