@@ -13,8 +13,10 @@ from pydantic import ValidationError
 from ckrv.services.common.logging import configure_logging
 from ckrv.services.common.service import Service, run_service
 from ckrv.services.common.settings import CommonSettings, ServiceSettings
+from ckrv.services.stack.cli import up
 
 app = cyclopts.App(name="ckrv-cloud", help="Operate Chakravarti Cloud: local stack and services.")
+app.command(up)
 
 ServiceName = Literal["gateway"]
 
