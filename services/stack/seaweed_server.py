@@ -14,6 +14,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import urllib3
 from minio import Minio
 from minio.error import S3Error
@@ -35,6 +36,7 @@ REGION = "us-east-1"
 ADMIN_GRPC_OFFSET = 10000
 # The kernel's limit for a Unix socket path (sun_path) is 108 bytes including the NUL.
 _MAX_SOCKET_PATH = 107
+_HTTP_TIMEOUT_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -206,7 +208,8 @@ class SeaweedServer(Supervised):
             *(f"-{name}={value}" for name, value in flags.items()),
         ]
 
-    def _sockets(self) -> list[Path]:
+    def unix_sockets(self) -> list[Path]:
+        """Where weed puts its Unix sockets (in /tmp, named by port, or in the state folder)."""
         ports = self.ports
         named_by_port = [
             ("s3", ports.s3),
@@ -228,7 +231,7 @@ class SeaweedServer(Supervised):
         if self.process is not None:
             # weed leaves some of its Unix sockets behind when stopped early or killed. They
             # are named after ports that were ours until now, so nobody else's are removed.
-            for socket_path in self._sockets():
+            for socket_path in self.unix_sockets():
                 socket_path.unlink(missing_ok=True)
 
     async def prepare(self) -> None:
@@ -243,8 +246,24 @@ class SeaweedServer(Supervised):
         # weed starts its parts one after the other, the admin server last.
         if not await answers_ok(f"http://{self.host}:{self.ports.admin}/health"):
             return False
+        if not await self._volumes_registered():
+            return False
         # A signed request: an open port alone does not show that the identities are loaded.
         await asyncio.to_thread(self.client().bucket_exists, bucket_name=self.bucket)
+        return True
+
+    async def _volumes_registered(self) -> bool:
+        # After a restart, S3 answers before the volume server has told the master about the
+        # volumes already on disk, and until it has, reading an existing object fails.
+        async with httpx.AsyncClient(timeout=_HTTP_TIMEOUT_SECONDS) as client:
+            status = await client.get(f"http://{self.host}:{self.ports.volume}/status")
+            for volume in status.raise_for_status().json().get("Volumes") or []:
+                lookup = await client.get(
+                    f"http://{self.host}:{self.ports.master}/dir/lookup",
+                    params={"volumeId": volume["Id"]},
+                )
+                if not lookup.json().get("locations"):
+                    return False
         return True
 
     async def after_ready(self) -> None:
