@@ -104,12 +104,13 @@ class StackSettings(BaseModel):
     @classmethod
     def _loopback_only(cls, host: str) -> str:
         # NATS and the SeaweedFS filer take unauthenticated requests: never off this machine.
+        # IPv4 only, because the endpoint URLs are built without IPv6 brackets.
         try:
-            loopback = ipaddress.ip_address(host).is_loopback
+            loopback = ipaddress.IPv4Address(host).is_loopback
         except ValueError:
             loopback = False
         if not loopback:
-            raise ValueError(f"host must be a loopback address such as 127.0.0.1, not {host!r}")
+            raise ValueError(f"host must be an IPv4 loopback address like 127.0.0.1, not {host!r}")
         return host
 
     def seaweed_ports(self) -> SeaweedPorts:
@@ -269,7 +270,10 @@ class Stack:
             self._say("stopping")
             return 0
         for part in crashed:
-            print(f"ckrv stack: {part.failure('stopped unexpectedly')}", file=sys.stderr)
+            assert part.process is not None
+            code = await part.process.wait()
+            message = part.failure(f"exited unexpectedly with code {code}")
+            print(f"ckrv-cloud up: {message}", file=sys.stderr, flush=True)
         return 1
 
     async def _stop(self) -> None:

@@ -153,6 +153,20 @@ async def test_a_killed_launcher_takes_its_children_along(settings: StackSetting
         socket_path.unlink(missing_ok=True)
 
 
+async def test_a_crashed_server_takes_the_stack_down_with_a_clear_error(
+    settings: StackSettings,
+) -> None:
+    async with launched(settings) as stack:
+        await stack.ready()
+        tree = descendants(stack.process.pid)
+        (nats_server,) = [entry for entry in tree if program(entry) == "nats-server"]
+        os.kill(nats_server.pid, signal.SIGKILL)
+        code = await asyncio.wait_for(stack.process.wait(), STOP_LIMIT_SECONDS)
+    assert code == 1
+    assert f"nats exited unexpectedly with code {-signal.SIGKILL}" in stack.log()
+    assert_all_gone(tree, settings)
+
+
 async def test_a_taken_port_is_named_and_nothing_starts(settings: StackSettings) -> None:
     with socket.socket() as squatter:
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -18,7 +18,7 @@ def test_defaults_are_the_well_known_ports_and_every_registered_service() -> Non
     assert settings.service_ports()["gateway"] == 8080
 
 
-@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "localhost.example"])
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "::1", "localhost.example"])
 def test_only_loopback_addresses_are_accepted(host: str) -> None:
     with pytest.raises(ValidationError, match="loopback"):
         StackSettings(host=host)
