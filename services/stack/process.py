@@ -147,8 +147,8 @@ class ChildProcess:
 
     async def exited(self) -> None:
         """Return once the program ended, without reaping it."""
-        # Polling: the only awaitable exit notifications reap the child, and the pid must
-        # stay ours until stop() has swept its process group.
+        # Polled rather than left to asyncio's child watcher, which would reap the child: its
+        # pid must stay ours until its process group has been swept.
         while not self.has_exited():  # noqa: ASYNC110
             await asyncio.sleep(_POLL_SECONDS)
 
@@ -288,6 +288,7 @@ class Supervised(abc.ABC):
         if self.process is not None:
             await self.process.exited()
 
+    # ASYNC109: as in ChildProcess.stop, the grace period before SIGKILL.
     async def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT_SECONDS) -> None:  # noqa: ASYNC109
         """Stop gracefully, killing after `timeout` seconds; a no-op when not running."""
         if self.process is not None:

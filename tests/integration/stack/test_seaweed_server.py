@@ -60,13 +60,23 @@ def test_signed_requests_only(s3_server: SeaweedServer) -> None:
         unknown_key.bucket_exists(bucket_name=s3_server.bucket)
 
 
-async def test_bucket_and_objects_persist_and_stop_leaves_nothing(server_tmp_path: Path) -> None:
+async def test_bucket_and_objects_persist_and_stop_leaves_nothing(
+    server_tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # weed would turn these into a second identity; the server must not pass them on.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "FROMTHEENVIRONMENT")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "environment-secret")
     server = SeaweedServer(
         server_tmp_path / "seaweed", ports=SeaweedPorts.allocate(), bucket="kept"
     )
     await server.start()
     try:
         assert stat.S_IMODE(server.identities_path.stat().st_mode) == 0o600
+        from_environment = server.client(
+            access_key="FROMTHEENVIRONMENT", secret_key="environment-secret"
+        )
+        with pytest.raises(S3Error):
+            from_environment.bucket_exists(bucket_name="kept")
         assert server.client().bucket_exists(bucket_name="kept")
         put(server, "restart.txt", b"survives a restart")
         assert server.process is not None
