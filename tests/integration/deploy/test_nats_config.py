@@ -34,4 +34,3 @@ def test_production_config_is_valid() -> None:
     )
     assert checked.returncode == 0, checked.stderr
     assert "is valid" in checked.stderr + checked.stdout
-
