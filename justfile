@@ -31,6 +31,7 @@ lint:
     ruff check .
     ruff format --check .
     mypy -p ckrv
+    mypy tests
     python -m ckrv.schemas.export --check
 
 # [quality] Rewrite the code in the house format and apply safe lint fixes.

@@ -77,7 +77,9 @@ def metric(name: str, spec: ConsumerSpec, **labels: str) -> float | None:
 
 
 async def consumer_info(nc: Client, spec: ConsumerSpec) -> ConsumerInfo:
-    return await nc.jetstream().consumer_info(spec.stream, spec.durable)
+    info = await nc.jetstream().consumer_info(spec.stream, spec.durable)
+    assert isinstance(info, ConsumerInfo)  # nats-py leaves `consumer_info` unannotated
+    return info
 
 
 async def last_dead_letter(nc: Client, spec: ConsumerSpec) -> tuple[dict[str, str], bytes]:

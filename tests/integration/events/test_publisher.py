@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from uuid import UUID, uuid4
 
 import nats
@@ -109,7 +110,7 @@ async def test_racing_decisions_yield_one_transition_and_the_loser_finds_nothing
             commands = [QueueJob(actor="service:dispatcher", reason="admitted") for _ in stores]
             results = await asyncio.gather(
                 *(
-                    store.execute(job_id, lambda state, command=command: decide(state, command))
+                    store.execute(job_id, functools.partial(decide, command=command))
                     for store, command in zip(stores, commands, strict=True)
                 )
             )

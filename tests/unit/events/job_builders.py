@@ -11,7 +11,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from ckrv.events.catalog import (
-    EVENT_TYPES,
+    JOB_EVENT_ADAPTER,
     JobEvent,
     JobSubmittedData,
     Phase,
@@ -152,9 +152,9 @@ def make_event(
     event_type: str, attempt: int = 1, *, event_id: UUID | None = None, **data: Any
 ) -> JobEvent:
     """An event of this job about `attempt` (for `job.retried`, the new attempt), fresh id."""
-    event_class = EVENT_TYPES[event_type]
-    return event_class.model_validate(
+    return JOB_EVENT_ADAPTER.validate_python(
         {
+            "type": event_type,
             "id": event_id or uuid4(),
             "job_id": JOB_ID,
             "occurred_at": _at(30),
@@ -168,7 +168,7 @@ def make_command(kind: str, attempt: int = 1, **fields: Any) -> JobCommand:
     """A command of `kind` about `attempt` (for `retry`, the lost attempt); `fields` override."""
     artifact = _event_data("job.artifact-stored", attempt)
     result = _event_data("job.succeeded", attempt)
-    command_class, defaults = {
+    commands: dict[str, tuple[type[JobCommand], dict[str, Any]]] = {
         "submit": (SubmitJob, {"actor": "user:u_7f3k2m9q", "submission": SUBMISSION}),
         "queue": (QueueJob, {"actor": "service:dispatcher", "reason": "admitted"}),
         "reject": (
@@ -209,5 +209,6 @@ def make_command(kind: str, attempt: int = 1, **fields: Any) -> JobCommand:
                 "keys": ["jobs/x/1/a"],
             },
         ),
-    }[kind]
+    }
+    command_class, defaults = commands[kind]
     return command_class.model_validate({**defaults, **fields})

@@ -15,6 +15,7 @@ from ckrv.events.catalog import (
     encode_event,
     parse_event,
 )
+from ckrv.events.envelope import Event
 from ckrv.events.errors import (
     EventDecodeError,
     MalformedEvent,
@@ -71,7 +72,7 @@ def test_the_union_and_the_type_map_list_the_same_classes() -> None:
 
 
 @pytest.mark.parametrize("event_class", EVENT_CLASSES, ids=lambda cls: cls.__name__)
-def test_a_class_writes_the_version_it_declares_current(event_class: type) -> None:
+def test_a_class_writes_the_version_it_declares_current(event_class: type[Event]) -> None:
     assert event_class.model_fields["version"].default == event_class.CURRENT_VERSION
 
 

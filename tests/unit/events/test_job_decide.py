@@ -7,10 +7,18 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 import pytest
-from job_builders import JOB_ID, MAX_ATTEMPTS, SUBMISSION, job_in, make_command, make_event
 from pydantic import ValidationError
 
-from ckrv.events.catalog import JobCancelled, JobFailed, Phase, RunnerBackend, workload_name
+from ckrv.events.catalog import (
+    JobCancelled,
+    JobDispatched,
+    JobFailed,
+    JobQueued,
+    JobRetried,
+    Phase,
+    RunnerBackend,
+    workload_name,
+)
 from ckrv.events.state import (
     JobState,
     JobStatus,
@@ -19,6 +27,14 @@ from ckrv.events.state import (
     SubmitJob,
     decide,
     evolve,
+)
+from tests.unit.events.job_builders import (
+    JOB_ID,
+    MAX_ATTEMPTS,
+    SUBMISSION,
+    job_in,
+    make_command,
+    make_event,
 )
 
 # Rows: the typical jobs of `job_builders.job_in` (attempt 1 once queued, attempt 2 when
@@ -151,12 +167,14 @@ def test_submitting_a_different_job_under_an_existing_id_conflicts() -> None:
 def test_a_retry_is_queued_as_its_own_attempt() -> None:
     [queued] = decide(job_in(JobStatus.RETRYING), make_command("queue"))
 
+    assert isinstance(queued, JobQueued)
     assert queued.data.attempt == 2
 
 
 def test_dispatch_names_the_workload_after_job_and_attempt() -> None:
     [dispatched] = decide(job_in(JobStatus.QUEUED), make_command("dispatch"))
 
+    assert isinstance(dispatched, JobDispatched)
     assert dispatched.data.workload_name == workload_name(JOB_ID, 1)
     assert dispatched.data.runner is RunnerBackend.LOCAL
 
@@ -227,6 +245,7 @@ def test_retrying_the_last_attempt_fails_the_job_instead() -> None:
 def test_a_retry_takes_the_next_attempt() -> None:
     [retried] = decide(job_in(JobStatus.LOST), make_command("retry"))
 
+    assert isinstance(retried, JobRetried)
     assert retried.data.attempt == 2
 
 

@@ -7,9 +7,8 @@ from datetime import timedelta
 from uuid import UUID
 
 import pytest
-from job_builders import JOB_ID, MAX_ATTEMPTS, SUBMISSION, job_in, make_event
 
-from ckrv.events.catalog import EVENT_TYPES, Phase, workload_name
+from ckrv.events.catalog import EVENT_TYPES, JobExpired, Phase, workload_name
 from ckrv.events.state import (
     ApiStatus,
     JobState,
@@ -19,6 +18,7 @@ from ckrv.events.state import (
     fold,
     initial_state,
 )
+from tests.unit.events.job_builders import JOB_ID, MAX_ATTEMPTS, SUBMISSION, job_in, make_event
 
 # Rows: a typical job in each status (attempt 1 once queued, attempt 2 when retrying, 3 attempts
 # allowed, a workload for attempt 1 from dispatch on). Columns: an event of each type about the
@@ -142,6 +142,7 @@ def test_every_submission_field_has_a_place_in_the_state() -> None:
 def test_a_job_runs_to_success_and_its_results_expire() -> None:
     logs = make_event("job.artifact-stored", name="logs.jsonl", key=f"jobs/{JOB_ID}/1/logs.jsonl")
     expired = make_event("job.expired")
+    assert isinstance(expired, JobExpired)
 
     state = fold(
         JOB_ID,
@@ -283,6 +284,7 @@ def test_no_artifact_is_recorded_for_an_attempt_no_workload_ran() -> None:
 
 def test_results_expire_once() -> None:
     first = evolve(job_in(JobStatus.FAILED), make_event("job.expired"))
+    assert first.expired_at is not None
     later = make_event("job.expired", expired_at=(first.expired_at + timedelta(days=1)).isoformat())
 
     second = evolve(first, later)

@@ -8,10 +8,10 @@ from typing import get_args
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from job_builders import JOB_ID, MAX_ATTEMPTS, make_command, make_event
 
 from ckrv.events.catalog import EVENT_TYPES, JobEvent, WorkloadPhase, encode_event, parse_event
 from ckrv.events.state import JobState, JobTransitionError, decide, evolve, fold, initial_state
+from tests.unit.events.job_builders import JOB_ID, MAX_ATTEMPTS, make_command, make_event
 
 COMMAND_KINDS = (
     "submit",
