@@ -83,3 +83,21 @@ def s3_server(servers_dir: Path) -> Iterator[SeaweedServer]:
     """SeaweedFS S3 with its bucket made: `.endpoint`, `.access_key`, `.secret_key`,
     `.region`, `.bucket`, and `.client()` for a signed minio client."""
     yield from _serve(SeaweedServer(servers_dir / "seaweed", ports=SeaweedPorts.allocate()))
+
+
+SERVER_FIXTURES = frozenset({"nats_server", "postgres_server", "s3_server"})
+SERVER_MARKERS = frozenset({"integration", "e2e"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses a real server must say so, so `-m "not integration"` stays server-free."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        and not SERVER_MARKERS.intersection(marker.name for marker in item.iter_markers())
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "tests using a real server need @pytest.mark.integration or e2e: " + ", ".join(unmarked)
+        )
