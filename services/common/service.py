@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Iterator
 from typing import ClassVar
 
@@ -63,33 +64,44 @@ async def run_service(service: Service, settings: ServiceSettings) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    try:
+        return await _serve_until_stopped(service, settings, stop)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
 
-    await service.start()
+
+async def _serve_until_stopped(
+    service: Service, settings: ServiceSettings, stop: asyncio.Event
+) -> int:
+    try:
+        # Bound before anything starts, so a taken port is a clear error, not a half-started
+        # service (uvicorn would exit the whole process from inside its task).
+        listener = _bind(settings.http_host, settings.http_port)
+    except OSError as error:
+        logger.error(
+            "cannot listen on %s:%s: %s", settings.http_host, settings.http_port, error.strerror
+        )
+        return 1
+    outcome = await _start(service, settings, stop)
+    if outcome is not None:
+        listener.close()
+        await service.close()
+        return outcome
+
     health = HealthState(service.readiness_checks())
     app = service.http_app() or Starlette()
     app.router.routes.extend(health_routes(health))
     server = _QuietSignalsServer(
-        uvicorn.Config(
-            app,
-            host=settings.http_host,
-            port=settings.http_port,
-            log_config=None,
-            lifespan="off",
-            access_log=False,
-        )
+        uvicorn.Config(app, log_config=None, lifespan="off", access_log=False)
     )
-    work = asyncio.create_task(service.run(stop), name=f"{service.name}.run")
-    http = asyncio.create_task(server.serve(), name=f"{service.name}.http")
+    work = asyncio.create_task(service.run(stop), name=f"{service.name} work")
+    http = asyncio.create_task(server.serve(sockets=[listener]), name=f"{service.name} HTTP")
     stopping = asyncio.create_task(stop.wait())
-    logger.info("service started", extra={"port": settings.http_port})
+    logger.info("service started", extra={"address": listener.getsockname()})
 
     await asyncio.wait({work, http, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    exit_code = 0
-    for task, what in ((work, "service work"), (http, "HTTP server")):
-        if task.done() and not stop.is_set():
-            logger.error("%s ended unexpectedly", what, exc_info=task.exception())
-            exit_code = 1
-
+    ended_early = [task for task in (work, http) if task.done() and not stop.is_set()]
     health.accepting = False
     stop.set()
     server.should_exit = True
@@ -97,10 +109,58 @@ async def run_service(service: Service, settings: ServiceSettings) -> int:
     for task in unfinished:
         logger.warning("cancelling %s after the shutdown timeout", task.get_name())
         task.cancel()
-    await asyncio.gather(*unfinished, return_exceptions=True)
+    await asyncio.gather(work, http, return_exceptions=True)
     stopping.cancel()
     await service.close()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.remove_signal_handler(signum)
+    listener.close()
+
+    exit_code = 0
+    for task in (work, http):
+        failure = None if task.cancelled() else task.exception()
+        if failure is not None or task in ended_early:
+            logger.error("%s ended unexpectedly", task.get_name(), exc_info=failure)
+            exit_code = 1
     logger.info("service stopped", extra={"exit_code": exit_code})
     return exit_code
+
+
+async def _start(service: Service, settings: ServiceSettings, stop: asyncio.Event) -> int | None:
+    """Run `service.start()`; an exit code if the process must end instead of serving."""
+    starting = asyncio.create_task(service.start(), name=f"{service.name} start")
+    stopping = asyncio.create_task(stop.wait())
+    # A dependency that never answers must neither hang the process nor make it deaf
+    # to SIGTERM: starting is bounded, and a stop request interrupts it.
+    done, _ = await asyncio.wait(
+        {starting, stopping},
+        timeout=settings.startup_timeout_seconds,
+        return_when=asyncio.FIRST_COMPLETED,
+    )
+    stopping.cancel()
+    if starting not in done:
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        if stop.is_set():
+            logger.info("stopped while starting")
+            return 0
+        logger.error(
+            "service did not start within %s s; are its dependencies reachable?",
+            settings.startup_timeout_seconds,
+        )
+        return 1
+    if (failure := starting.exception()) is not None:
+        logger.error("service could not start: %s", failure, exc_info=failure)
+        return 1
+    return None
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+        listener.listen(2048)
+    except OSError:
+        listener.close()
+        raise
+    listener.setblocking(False)
+    return listener

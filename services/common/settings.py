@@ -88,6 +88,9 @@ class ServiceSettings(CkrvSettings):
         default="127.0.0.1", description="Address of /healthz, /readyz, /metrics."
     )
     http_port: int = Field(default=0, ge=0, le=65535, description="Port of the HTTP endpoints.")
+    startup_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="How long connecting to dependencies may take at start."
+    )
     shutdown_timeout_seconds: float = Field(
         default=10.0, gt=0, description="How long in-flight work may take to finish on shutdown."
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -97,3 +98,60 @@ def test_production_settings_without_connections_exit_with_a_clear_error() -> No
     assert "CKRV_NATS_URL" in completed.stderr
     assert "CKRV_ENV=dev" in completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+def run_gateway(extra_environment: dict[str, str]) -> subprocess.Popen[str]:
+    environment = {
+        name: value for name, value in os.environ.items() if not name.startswith("CKRV_")
+    } | {"CKRV_ENV": "dev"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "ckrv.services.operator", "serve", "gateway"],
+        env=environment | extra_environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_an_unreachable_dependency_ends_the_start_with_a_clear_error() -> None:
+    unused_port, http_port = free_ports(2)
+    process = run_gateway(
+        {
+            "CKRV_NATS_URL": f"nats://127.0.0.1:{unused_port}",
+            "CKRV_GATEWAY_HTTP_PORT": str(http_port),
+            "CKRV_GATEWAY_STARTUP_TIMEOUT_SECONDS": "2",
+        }
+    )
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert "did not start within 2.0 s" in output
+
+
+def test_sigterm_while_waiting_for_a_dependency_stops_at_once() -> None:
+    unused_port, http_port = free_ports(2)
+    process = run_gateway(
+        {
+            "CKRV_NATS_URL": f"nats://127.0.0.1:{unused_port}",
+            "CKRV_GATEWAY_HTTP_PORT": str(http_port),
+        }
+    )
+    time.sleep(2)
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=10)
+    assert process.returncode == 0, output
+    assert time.monotonic() - started < 5
+    assert "stopped while starting" in output
+
+
+def test_a_taken_http_port_is_named_in_the_error(nats_server: Any) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = run_gateway(
+            {"CKRV_NATS_URL": nats_server.url, "CKRV_GATEWAY_HTTP_PORT": str(port)}
+        )
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in output
