@@ -212,3 +212,16 @@ def make_command(kind: str, attempt: int = 1, **fields: Any) -> JobCommand:
     }
     command_class, defaults = commands[kind]
     return command_class.model_validate({**defaults, **fields})
+
+
+def parse_status_table(text: str, columns: dict[str, str]) -> dict[tuple[JobStatus, str], str]:
+    """Read a written-out table: a header of column abbreviations, then one row per status."""
+    header, *rows = text.strip().splitlines()
+    keys = [columns[name] for name in header.split()]
+    table = {}
+    for row in rows:
+        status, *cells = row.split()
+        assert len(cells) == len(keys), row
+        for key, cell in zip(keys, cells, strict=True):
+            table[JobStatus(status), key] = cell
+    return table

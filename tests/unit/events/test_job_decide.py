@@ -35,6 +35,7 @@ from tests.unit.events.job_builders import (
     job_in,
     make_command,
     make_event,
+    parse_status_table,
 )
 
 # Rows: the typical jobs of `job_builders.job_in` (attempt 1 once queued, attempt 2 when
@@ -91,19 +92,7 @@ EVENT_CELLS = {
 REFUSALS = {"404": "not_found", "409": "conflict"}
 
 
-def parse_table(text: str) -> dict[tuple[JobStatus, str], str]:
-    header, *rows = text.strip().splitlines()
-    kinds = [COLUMNS[name] for name in header.split()]
-    table = {}
-    for row in rows:
-        status, *cells = row.split()
-        assert len(cells) == len(kinds), row
-        for kind, cell in zip(kinds, cells, strict=True):
-            table[JobStatus(status), kind] = cell
-    return table
-
-
-TABLE = parse_table(DECIDE_TABLE)
+TABLE = parse_status_table(DECIDE_TABLE, COLUMNS)
 
 
 def test_the_table_covers_every_status_and_command() -> None:

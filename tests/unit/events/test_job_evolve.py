@@ -18,7 +18,14 @@ from ckrv.events.state import (
     fold,
     initial_state,
 )
-from tests.unit.events.job_builders import JOB_ID, MAX_ATTEMPTS, SUBMISSION, job_in, make_event
+from tests.unit.events.job_builders import (
+    JOB_ID,
+    MAX_ATTEMPTS,
+    SUBMISSION,
+    job_in,
+    make_event,
+    parse_status_table,
+)
 
 # Rows: a typical job in each status (attempt 1 once queued, attempt 2 when retrying, 3 attempts
 # allowed, a workload for attempt 1 from dispatch on). Columns: an event of each type about the
@@ -71,19 +78,7 @@ IGNORED = "."
 UNCHANGED = "="
 
 
-def parse_table(text: str) -> dict[tuple[JobStatus, str], str]:
-    header, *rows = text.strip().splitlines()
-    event_types = [COLUMNS[name] for name in header.split()]
-    table = {}
-    for row in rows:
-        status, *cells = row.split()
-        assert len(cells) == len(event_types), row
-        for event_type, cell in zip(event_types, cells, strict=True):
-            table[JobStatus(status), event_type] = cell
-    return table
-
-
-TABLE = parse_table(EVOLVE_TABLE)
+TABLE = parse_status_table(EVOLVE_TABLE, COLUMNS)
 
 
 def test_the_table_covers_every_status_and_event_type() -> None:
