@@ -33,15 +33,17 @@ lint:
     mypy -p ckrv
     mypy tests
     python -m ckrv.schemas.export --check
+    python -m ckrv.services.gateway.openapi --check
 
 # [quality] Rewrite the code in the house format and apply safe lint fixes.
 fmt:
     ruff format .
     ruff check --fix .
 
-# [quality] Regenerate the checked-in contracts (event JSON Schemas).
+# [quality] Regenerate the checked-in contracts (event JSON Schemas, OpenAPI).
 schemas:
     python -m ckrv.schemas.export
+    python -m ckrv.services.gateway.openapi
 
 # [perf] Run the benchmarks; each writes tests/perf/results/<name>.json and prints a table.
 bench:

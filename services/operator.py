@@ -25,7 +25,8 @@ def _gateway(common: CommonSettings) -> tuple[Service, ServiceSettings]:
     from ckrv.services.gateway.service import GatewayService
     from ckrv.services.gateway.settings import GatewaySettings
 
-    return GatewayService(common), GatewaySettings()
+    settings = GatewaySettings()
+    return GatewayService(common, settings), settings
 
 
 # Every runnable service, by the name `serve` takes; the local stack starts each of them.
@@ -74,6 +75,33 @@ def provision() -> None:
             await nc.close()
 
     asyncio.run(provision_all())
+
+
+projections = cyclopts.App(name="projections", help="Maintain the read models folded from JOBS.")
+app.command(projections)
+
+
+@projections.command
+def rebuild() -> None:
+    """Refold the jobs read model from the first event on JOBS."""
+    from ckrv.services.common.connections import connect_nats
+    from ckrv.services.common.db import session_factory, temporary_engine
+    from ckrv.services.gateway.projection import rebuild_projection
+
+    async def rebuild_all() -> int:
+        common = CommonSettings()
+        nc = await connect_nats(common.nats_url, name="ckrv-cloud")
+        try:
+            async with (
+                temporary_engine(common.database_url.get_secret_value()) as engine,
+                session_factory(engine)() as session,
+                session.begin(),
+            ):
+                return await rebuild_projection(session, nc)
+        finally:
+            await nc.close()
+
+    print(f"rebuilt {asyncio.run(rebuild_all())} jobs from JOBS")
 
 
 def main() -> None:

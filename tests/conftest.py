@@ -17,11 +17,14 @@ from typing import Any, TypeVar
 
 import pytest
 
+from ckrv.services.common.db import create_schema
 from ckrv.services.stack.nats_server import NatsServer
 from ckrv.services.stack.ports import free_ports
 from ckrv.services.stack.postgres_server import PostgresServer
 from ckrv.services.stack.process import Supervised
 from ckrv.services.stack.seaweed_server import SeaweedPorts, SeaweedServer
+from ckrv.services.stack.service_process import DEVELOPMENT_SWITCHES, ServiceProcess
+from tests.running_gateway import RunningGateway
 
 T = TypeVar("T")
 
@@ -85,7 +88,29 @@ def s3_server(servers_dir: Path) -> Iterator[SeaweedServer]:
     yield from _serve(SeaweedServer(servers_dir / "seaweed", ports=SeaweedPorts.allocate()))
 
 
-SERVER_FIXTURES = frozenset({"nats_server", "postgres_server", "s3_server"})
+@pytest.fixture(scope="session")
+def gateway(
+    nats_server: NatsServer, postgres_server: PostgresServer, servers_dir: Path
+) -> Iterator[RunningGateway]:
+    run_on_private_loop(create_schema(postgres_server.dsn))
+    (port,) = free_ports(1)
+    process = ServiceProcess(
+        "gateway",
+        port=port,
+        log_dir=servers_dir,
+        connections={
+            "CKRV_ENV": "dev",
+            "CKRV_NATS_URL": nats_server.url,
+            "CKRV_DATABASE_URL": postgres_server.dsn,
+            **DEVELOPMENT_SWITCHES,
+        },
+        shutdown_timeout_seconds=5,
+    )
+    for running in _serve(process):
+        yield RunningGateway(running.url)
+
+
+SERVER_FIXTURES = frozenset({"nats_server", "postgres_server", "s3_server", "gateway"})
 SERVER_MARKERS = frozenset({"integration", "e2e"})
 
 

@@ -11,10 +11,6 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlmodel import SQLModel
-
-# Importing the table modules registers their tables on SQLModel.metadata.
-from ckrv.services.common import inbox as _inbox  # noqa: F401
 
 
 def async_database_url(url: str) -> str:
@@ -44,5 +40,8 @@ async def temporary_engine(url: str) -> AsyncIterator[AsyncEngine]:
 
 async def create_schema(url: str) -> None:
     """Create every table that does not exist yet; existing tables and rows are kept."""
+    # Imported here: the table modules import this one for sessions.
+    from ckrv.services.tables import METADATA
+
     async with temporary_engine(url) as engine, engine.begin() as connection:
-        await connection.run_sync(SQLModel.metadata.create_all)
+        await connection.run_sync(METADATA.create_all)

@@ -1,4 +1,4 @@
-"""The gateway process: the FastAPI app with its connections to NATS and PostgreSQL."""
+"""The gateway process: the HTTP API, the jobs projector and the outbox relay."""
 
 from __future__ import annotations
 
@@ -9,27 +9,49 @@ from nats.aio.client import Client
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ckrv.events.catalog import JobEvent, parse_event
+from ckrv.events.consumer import Delivery, EventConsumer
+from ckrv.events.store import JobEventStore
 from ckrv.events.streams import provision_streams
 from ckrv.services.common.connections import connect_nats
-from ckrv.services.common.db import create_engine
+from ckrv.services.common.db import create_engine, session_factory
 from ckrv.services.common.http import ReadinessCheck
 from ckrv.services.common.service import Service
 from ckrv.services.common.settings import CommonSettings
+from ckrv.services.gateway.app import create_app
+from ckrv.services.gateway.context import GatewayContext
+from ckrv.services.gateway.projection import project_job, projector_spec
+from ckrv.services.gateway.settings import GatewaySettings
+from ckrv.services.gateway.submission import relay_outbox
 
 
 class GatewayService(Service):
     name = "gateway"
 
-    def __init__(self, common: CommonSettings) -> None:
+    def __init__(self, common: CommonSettings, settings: GatewaySettings) -> None:
         self._common = common
+        self._settings = settings
         self._nats: Client | None = None
         self._engine: AsyncEngine | None = None
-        self.app = FastAPI(title="Chakravarti Cloud API", version="1")
+        self.app = create_app()
+
+    @property
+    def context(self) -> GatewayContext:
+        context: GatewayContext | None = self.app.state.context
+        if context is None:
+            raise RuntimeError("the gateway has not started")
+        return context
 
     async def start(self) -> None:
         self._nats = await connect_nats(self._common.nats_url, name=self.name)
         await provision_streams(self._nats.jetstream())
-        self._engine = create_engine(self._common.database_url.get_secret_value())
+        self._engine = create_engine(self._common.database_url.get_secret_value(), pool_size=10)
+        self.app.state.context = GatewayContext(
+            settings=self._settings,
+            sessions=session_factory(self._engine),
+            nats=self._nats,
+            store=JobEventStore(self._nats),
+        )
 
     def readiness_checks(self) -> dict[str, ReadinessCheck]:
         async def nats_connected() -> None:
@@ -48,7 +70,16 @@ class GatewayService(Service):
         return self.app
 
     async def run(self, stop: asyncio.Event) -> None:
-        await stop.wait()
+        context = self.context
+
+        async def project(delivery: Delivery[JobEvent]) -> None:
+            async with context.sessions() as session, session.begin():
+                await project_job(
+                    session, context.nats, delivery.payload.job_id, delivery.stream_sequence
+                )
+
+        projector = EventConsumer(context.nats.jetstream(), projector_spec(), parse_event, project)
+        await asyncio.gather(projector.run(stop), relay_outbox(context, stop))
 
     async def close(self) -> None:
         if self._nats is not None:

@@ -11,6 +11,13 @@ from ckrv.services.stack.postgres_server import PostgresServer
 from ckrv.services.stack.process import Supervised, answers_ok, find_executable
 from ckrv.services.stack.seaweed_server import SeaweedServer
 
+# The local stack is a development stack: sign-in by development token and jobs on local
+# repositories stay available until the real sign-in exists.
+DEVELOPMENT_SWITCHES = {
+    "CKRV_GATEWAY_DEV_AUTH": "true",
+    "CKRV_GATEWAY_ALLOW_LOCAL_REPOSITORIES": "true",
+}
+
 
 def connection_environment(
     nats: NatsServer, postgres: PostgresServer, s3: SeaweedServer
@@ -25,6 +32,7 @@ def connection_environment(
         "CKRV_S3_SECRET_KEY": s3.secret_key,
         "CKRV_S3_REGION": s3.region,
         "CKRV_S3_BUCKET": s3.bucket,
+        **DEVELOPMENT_SWITCHES,
     }
 
 

@@ -1,0 +1,38 @@
+"""What request handlers share (settings, sessions, NATS, the event store), as dependencies."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from nats.aio.client import Client
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ckrv.events.store import JobEventStore
+from ckrv.services.gateway.settings import GatewaySettings
+
+
+@dataclass(frozen=True)
+class GatewayContext:
+    settings: GatewaySettings
+    sessions: async_sessionmaker[AsyncSession]
+    nats: Client
+    store: JobEventStore
+
+
+def _context(request: Request) -> GatewayContext:
+    context: GatewayContext = request.app.state.context
+    return context
+
+
+ContextDep = Annotated[GatewayContext, Depends(_context)]
+
+
+async def _session(context: ContextDep) -> AsyncIterator[AsyncSession]:
+    async with context.sessions() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(_session)]

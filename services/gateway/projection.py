@@ -1,0 +1,177 @@
+"""The jobs read model: each job's events folded into one `jobs` row.
+
+A delivery only says "job J has news up to sequence S". The projector reads
+J's history after the row's `last_sequence` and folds all of it, so events of
+one job handled out of order by different gateway replicas, redelivered, or
+duplicated can never skip or repeat a transition. Rebuilding replays JOBS from
+the start and yields the same rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from nats.aio.client import Client
+from nats.js.api import DeliverPolicy
+from sqlalchemy import delete, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from ckrv.events.catalog import JobEvent, JobRejected, feature_branch_name, parse_event
+from ckrv.events.consumer import ConsumerSpec
+from ckrv.events.history import StoredEvent, read_job_history
+from ckrv.events.state import JobState, api_status, evolve, initial_state
+from ckrv.events.subjects import JOBS_STREAM, JOBS_SUBJECTS
+from ckrv.schemas.api import JobStatus
+from ckrv.services.gateway.tables import JobRecord, QuotaCharge
+
+PROJECTOR_CONSUMER = "gateway-projector"
+_RESULT_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.TIMEOUT})
+
+
+def projector_spec() -> ConsumerSpec:
+    return ConsumerSpec(
+        durable=PROJECTOR_CONSUMER,
+        stream=JOBS_STREAM,
+        filter_subjects=(JOBS_SUBJECTS,),
+        ack_wait_seconds=30.0,
+        retry_delays=(0.2, 1.0, 5.0, 30.0),
+        max_deliver=10,
+        fetch_timeout_seconds=0.5,
+        batch_size=64,
+        deliver_policy=DeliverPolicy.ALL,
+    )
+
+
+def record_values(state: JobState, last_sequence: int) -> dict[str, Any]:
+    """The `jobs` row for a folded state: a pure function, so replay gives identical rows."""
+    assert state.user_id is not None
+    assert state.spec_id is not None
+    assert state.git_repo_url is not None
+    assert state.git_base_branch is not None
+    assert state.created_at is not None
+    status = JobStatus(api_status(state).value)
+    return {
+        "id": state.job_id,
+        "user_id": UUID(state.user_id),
+        "status": status.value,
+        "phase": state.phase.value if state.phase else None,
+        "attempt": state.attempt,
+        "spec_id": state.spec_id,
+        "git_repo_url": state.git_repo_url,
+        "git_base_branch": state.git_base_branch,
+        "git_credential_name": state.git_credential_name,
+        "feature_branch_name": feature_branch_name(state.job_id),
+        "created_at": state.created_at,
+        "started_at": state.started_at,
+        "completed_at": state.completed_at,
+        "result_status": status.value if status in _RESULT_STATUSES else None,
+        "result_summary": state.result_summary,
+        "error_message": state.error_message,
+        "metrics": dict(state.metrics) if state.metrics else None,
+        "cancel_requested": state.cancel_requested,
+        "last_sequence": last_sequence,
+        "state": state.model_dump(mode="json"),
+    }
+
+
+def record_for(state: JobState, last_sequence: int) -> JobRecord:
+    return JobRecord(**record_values(state, last_sequence))
+
+
+async def apply_history(
+    session: AsyncSession, job_id: UUID, history: Sequence[StoredEvent]
+) -> JobRecord | None:
+    """Fold `history` (events after the row's `last_sequence`) into the job's row."""
+    row = await session.get(JobRecord, job_id, with_for_update=True)
+    last_sequence = row.last_sequence if row is not None else 0
+    fresh = [stored for stored in history if stored.sequence > last_sequence]
+    if not fresh:
+        return row
+    state = JobState.model_validate(row.state) if row is not None else initial_state(job_id)
+    for stored in fresh:
+        state = evolve(state, stored.event)
+    if state.user_id is None:
+        # Events of a job whose submission is not on the stream: nothing to show anyone.
+        return row
+    values = record_values(state, fresh[-1].sequence)
+    if row is None:
+        row = JobRecord(**values)
+        session.add(row)
+    else:
+        for name, value in values.items():
+            setattr(row, name, value)
+    if any(isinstance(stored.event, JobRejected) for stored in fresh):
+        await _refund(session, job_id)
+    return row
+
+
+async def _refund(session: AsyncSession, job_id: UUID) -> None:
+    # A job refused before it started does not count against the quota.
+    await session.execute(
+        update(QuotaCharge)
+        .where(col(QuotaCharge.job_id) == job_id, col(QuotaCharge.refunded_at).is_(None))
+        .values(refunded_at=datetime.now(UTC))
+    )
+
+
+async def project_job(session: AsyncSession, nc: Client, job_id: UUID, up_to_sequence: int) -> None:
+    """Bring the job's row up to at least `up_to_sequence`, in the session's transaction."""
+    row = await session.get(JobRecord, job_id, with_for_update=True)
+    after = row.last_sequence if row is not None else 0
+    if up_to_sequence <= after:
+        return
+    history = await read_job_history(nc, job_id, after_sequence=after)
+    await apply_history(session, job_id, history)
+
+
+async def read_all_events(nc: Client) -> list[StoredEvent]:
+    """Every event on JOBS, oldest first, through an ephemeral ordered consumer."""
+    js = nc.jetstream()
+    info = await js.stream_info(JOBS_STREAM)
+    last = info.state.last_seq
+    events: list[StoredEvent] = []
+    if info.state.messages == 0:
+        return events
+    subscription = await js.subscribe(JOBS_SUBJECTS, ordered_consumer=True, stream=JOBS_STREAM)
+    try:
+        while True:
+            message = await subscription.next_msg(timeout=10)
+            sequence = message.metadata.sequence.stream
+            event = _decode_or_none(message.data)
+            if event is not None:
+                events.append(StoredEvent(sequence, event))
+            if sequence >= last:
+                break
+    finally:
+        await subscription.unsubscribe()
+    return events
+
+
+def _decode_or_none(data: bytes) -> JobEvent | None:
+    # The live projector dead-letters what it cannot read; a rebuild skips the same.
+    try:
+        return parse_event(data)
+    except ValueError:
+        return None
+
+
+async def rebuild_projection(session: AsyncSession, nc: Client) -> int:
+    """Replace every row with one folded from JOBS, from the first event; returns the count."""
+    by_job: dict[UUID, list[StoredEvent]] = {}
+    for stored in await read_all_events(nc):
+        by_job.setdefault(stored.event.job_id, []).append(stored)
+    await session.execute(delete(JobRecord).where(col(JobRecord.last_sequence) > 0))
+    rebuilt = 0
+    for job_id, history in by_job.items():
+        row = await session.get(JobRecord, job_id)
+        if row is not None:
+            # Only the submission was known (its event was not yet confirmed): start over.
+            await session.delete(row)
+            await session.flush()
+        if await apply_history(session, job_id, history) is not None:
+            rebuilt += 1
+    return rebuilt

@@ -1,0 +1,11 @@
+"""Every table of the service in one place, so creating the schema sees them all."""
+
+from __future__ import annotations
+
+from sqlmodel import SQLModel
+
+from ckrv.services.common import credentials, inbox
+from ckrv.services.gateway import tables as gateway_tables
+
+TABLE_MODULES = (credentials, inbox, gateway_tables)
+METADATA = SQLModel.metadata
