@@ -52,6 +52,11 @@ class RunnerBackend(StrEnum):
     KUBERNETES = "kubernetes"
 
 
+def feature_branch_name(job_id: UUID) -> str:
+    """The branch a job's result is committed to: `ckrv/<first 8 hex digits of the id>`."""
+    return f"ckrv/{job_id.hex[:8]}"
+
+
 def workload_name(job_id: UUID, attempt: int) -> str:
     """The workload running `attempt` of a job: unique per attempt, and a valid Kubernetes name."""
     return f"ckrv-job-{job_id}-{attempt}"
