@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+# What the CLI sends the contract server as its bearer token.
+TOKEN = "test-token"
 JOB_ID = "3f2a1b2c-4d5e-4f60-8a7b-9c0d1e2f3a4b"
 OTHER_JOB_ID = "3f2a9999-0000-4000-8000-000000000001"
 SPEC = "id: add-login\ngoal: Add a login page with tests.\n"

@@ -115,15 +115,24 @@ def _handler(server: ContractServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _QuietHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (a timeout test) leaves a broken pipe: expected, not news.
+        pass
+
+
 class RunningContractServer:
     """Starts a `ContractServer` on a free loopback port; `stop()` ends it."""
 
     def __init__(self) -> None:
         self.server = ContractServer()
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self.server))
-        self._http.daemon_threads = True
+        self._http = _QuietHTTPServer(("127.0.0.1", 0), _handler(self.server))
         self.server.port = self._http.server_address[1]
-        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._http.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:

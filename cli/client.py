@@ -1,0 +1,264 @@
+"""HTTP client of the Chakravarti Cloud API: one method per endpoint the commands use.
+
+Every failure leaves here as a `CloudError`: the service's JSON error bodies keep
+their code, message and extra fields; a connection that cannot be made, a
+timeout, or an answer outside the contract get the client's own codes.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Self, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import ValidationError
+
+from ckrv.cli.config import API_URL_VARIABLE, TIMEOUT_VARIABLE, Settings, resolve_token
+from ckrv.cli.errors import CloudError
+from ckrv.cli.models import ApiModel, Job, JobPage, User
+
+ModelT = TypeVar("ModelT", bound=ApiModel)
+
+RETRY_DELAY_SECONDS = 0.5
+_ERROR_BODY_SNIPPET = 200
+
+
+def _client_version() -> str:
+    try:
+        return version("chakravarti-cloud")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def new_idempotency_key() -> str:
+    """A fresh key for one submission; its retries reuse it, so the service creates one job."""
+    return str(uuid.uuid4())
+
+
+class CloudClient:
+    """A session with the API at `settings.api_url`, authenticated by a bearer token."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        token: str,
+        *,
+        log: Callable[[str], None] | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.settings = settings
+        self._log = log
+        self._http = httpx.Client(
+            base_url=settings.api_url + "/",
+            timeout=settings.timeout,
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Accept": "application/json",
+                "User-Agent": f"ckrv/{_client_version()}",
+            },
+            transport=transport,
+        )
+
+    @classmethod
+    def from_environment(cls, *, log: Callable[[str], None] | None = None) -> Self:
+        """Settings and token from the environment; `ConfigError` if either is missing."""
+        settings = Settings.from_env()
+        return cls(settings, resolve_token(), log=log)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # Endpoints
+
+    def create_job(
+        self,
+        *,
+        spec_content: str,
+        git_repo_url: str,
+        git_base_branch: str,
+        git_credential_name: str | None,
+        idempotency_key: str,
+    ) -> Job:
+        """`POST /jobs`; 201 for a new job, 200 when the key replays an earlier submission."""
+        body = self._request(
+            "POST",
+            "jobs",
+            json={
+                "spec_content": spec_content,
+                "git_repo_url": git_repo_url,
+                "git_base_branch": git_base_branch,
+                "git_credential_name": git_credential_name,
+            },
+            headers={"Idempotency-Key": idempotency_key},
+            idempotent=True,
+        )
+        return self._model(Job, body, "POST", "jobs")
+
+    def list_jobs(
+        self, *, status: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> JobPage:
+        """`GET /jobs`: one page of the user's jobs, newest first."""
+        params = {
+            name: value
+            for name, value in (("status", status), ("limit", limit), ("cursor", cursor))
+            if value is not None
+        }
+        body = self._request("GET", "jobs", params=params, idempotent=True)
+        return self._model(JobPage, body, "GET", "jobs")
+
+    def get_job(self, job_id: str) -> Job:
+        path = f"jobs/{quote(job_id, safe='')}"
+        return self._model(Job, self._request("GET", path, idempotent=True), "GET", path)
+
+    def cancel_job(self, job_id: str) -> Job:
+        """`POST /jobs/{id}/cancel`: 202 with the job, `conflict` (409) once it has ended."""
+        path = f"jobs/{quote(job_id, safe='')}/cancel"
+        return self._model(Job, self._request("POST", path, idempotent=False), "POST", path)
+
+    def me(self) -> User:
+        path = "users/me"
+        return self._model(User, self._request("GET", path, idempotent=True), "GET", path)
+
+    # Transport
+
+    def _url(self, path: str) -> str:
+        return f"{self.settings.api_url}/{path}"
+
+    def _debug(self, message: str) -> None:
+        if self._log is not None:
+            self._log(message)
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Mapping[str, Any] | None = None,
+        params: Mapping[str, str | int] | None = None,
+        headers: Mapping[str, str] | None = None,
+        idempotent: bool,
+    ) -> Any:
+        """Send once, and a second time after a connection failure when that cannot duplicate.
+
+        A refused or timed-out connect never reached the service, so it is always retried;
+        a connection dropped after sending only for idempotent requests (reads, and
+        submissions carrying an Idempotency-Key).
+        """
+        url = self._url(path)
+        for attempt in (1, 2):
+            started = time.monotonic()
+            try:
+                response = self._http.request(
+                    method, path, json=json, params=params, headers=headers
+                )
+            except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+                self._debug(f"HTTP {method} {url} -> no connection: {_reason(error)}")
+                if attempt == 1:
+                    time.sleep(RETRY_DELAY_SECONDS)
+                    continue
+                raise self._unreachable(url, error) from error
+            except httpx.TimeoutException as error:
+                self._debug(f"HTTP {method} {url} -> timed out after {self.settings.timeout:g}s")
+                raise CloudError(
+                    "timeout",
+                    f"no answer from {url} within {self.settings.timeout:g} seconds",
+                    hint=f"The service may be overloaded; try again, or raise "
+                    f"{TIMEOUT_VARIABLE} (seconds, now {self.settings.timeout:g}).",
+                ) from error
+            except (httpx.NetworkError, httpx.RemoteProtocolError) as error:
+                self._debug(f"HTTP {method} {url} -> connection lost: {_reason(error)}")
+                if attempt == 1 and idempotent:
+                    time.sleep(RETRY_DELAY_SECONDS)
+                    continue
+                raise self._unreachable(url, error) from error
+            except httpx.HTTPError as error:
+                raise self._unreachable(url, error) from error
+            elapsed_ms = (time.monotonic() - started) * 1000
+            self._debug(
+                f"HTTP {method} {response.url} -> {response.status_code} ({elapsed_ms:.0f} ms)"
+            )
+            if response.is_success:
+                return self._decode(response)
+            raise error_from_response(response)
+        raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
+
+    def _unreachable(self, url: str, error: Exception) -> CloudError:
+        return CloudError(
+            "unreachable",
+            f"could not reach Chakravarti Cloud at {url}: {_reason(error)}",
+            hint=(
+                f"Check {API_URL_VARIABLE} (now {self.settings.api_url}) and your network. "
+                "To run the service locally, start the local stack with `ckrv-cloud up`."
+            ),
+        )
+
+    def _decode(self, response: httpx.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError as error:
+            raise _bad_response(response, "its body is not JSON") from error
+
+    def _model(self, model: type[ModelT], body: Any, method: str, path: str) -> ModelT:
+        try:
+            return model.from_body(body)
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in issue['loc']) or 'body'}: {issue['msg']}"
+                for issue in error.errors()[:3]
+            )
+            raise CloudError(
+                "bad_response",
+                f"unexpected answer to {method} {self._url(path)}: {problems}",
+                hint=f"Is {API_URL_VARIABLE} ({self.settings.api_url}) a Chakravarti Cloud API?",
+            ) from error
+
+
+def _reason(error: Exception) -> str:
+    text = str(error).strip()
+    return text or type(error).__name__
+
+
+def _bad_response(response: httpx.Response, problem: str) -> CloudError:
+    request = response.request
+    return CloudError(
+        "bad_response",
+        f"unexpected answer to {request.method} {request.url} (HTTP {response.status_code}): "
+        f"{problem}",
+    )
+
+
+def error_from_response(response: httpx.Response) -> CloudError:
+    """The `CloudError` an unsuccessful answer stands for."""
+    status = response.status_code
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        code: str = body["error"]
+        message = body.get("message") or body.get("error_description") or code.replace("_", " ")
+        extra = {key: value for key, value in body.items() if key not in ("error", "message")}
+        return CloudError(code, str(message), extra, status)
+    request = response.request
+    if isinstance(body, dict) and "detail" in body:
+        text = str(body["detail"])
+    else:
+        text = response.text.strip()[:_ERROR_BODY_SNIPPET]
+    message = f"{request.method} {request.url} answered HTTP {status} {response.reason_phrase}"
+    if text:
+        message += f": {text}"
+    code = {401: "unauthorized", 404: "not_found"}.get(status, f"http_{status}")
+    hint = None
+    if status == 404:
+        hint = f"{API_URL_VARIABLE} should end in /v1, like http://127.0.0.1:8080/v1."
+    return CloudError(code, message, None, status, hint=hint)

@@ -1,0 +1,90 @@
+"""The service's answers as the CLI reads them.
+
+Lenient on purpose: unknown fields are kept and statuses or phases added by a
+newer service are plain strings, so an older CLI keeps working. Each model
+keeps the JSON body it was read from, which `--json` prints unchanged.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Self
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, PrivateAttr
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "timeout", "cancelled"})
+JOB_STATUSES = ("pending", "running", "succeeded", "failed", "timeout", "cancelled")
+
+
+def _assume_utc(moment: datetime) -> datetime:
+    # The contract's times are UTC; one without an offset is read as UTC, not local time.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+Timestamp = Annotated[datetime, AfterValidator(_assume_utc)]
+
+
+class ApiModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    _body: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def from_body(cls, body: Any) -> Self:
+        """Validate a decoded JSON body (pydantic's `ValidationError` if it is not one)."""
+        model = cls.model_validate(body)
+        model._body = body
+        return model
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The JSON object this was read from."""
+        return self._body
+
+
+class Job(ApiModel):
+    id: str
+    status: str
+    phase: str | None = None
+    attempt: int = 0
+    spec_id: str | None = None
+    git_repo_url: str
+    git_base_branch: str
+    git_credential_name: str | None = None
+    feature_branch_name: str | None = None
+    created_at: Timestamp
+    started_at: Timestamp | None = None
+    completed_at: Timestamp | None = None
+    result_status: str | None = None
+    result_summary: str | None = None
+    error_message: str | None = None
+    metrics: dict[str, Any] | None = None
+    elapsed_seconds: float | None = None
+    estimated_completion_at: Timestamp | None = None
+    cancel_requested: bool = False
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class JobPage(ApiModel):
+    jobs: list[Job]
+    next_cursor: str | None = None
+
+    @classmethod
+    def from_body(cls, body: Any) -> Self:
+        page = super().from_body(body)
+        # Each job keeps its own body too, so a merged listing prints what was received.
+        for job, job_body in zip(page.jobs, body["jobs"], strict=True):
+            job._body = job_body
+        return page
+
+
+class User(ApiModel):
+    id: str
+    email: str
+    name: str | None = None
+    subscription_tier: str
+    job_quota_remaining: int
+    billing_cycle_end: Timestamp | None = None
