@@ -1,15 +1,17 @@
-"""Fixtures of the CLI unit tests: the contract server and a clean environment."""
+"""Fixtures of the CLI unit tests: the contract server, a clean environment, a git clone."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from ckrv.cli import client as client_module
 from tests.unit.cli.bodies import TOKEN
 from tests.unit.cli.contract_server import ContractServer, RunningContractServer
+from tests.unit.cli.git_repos import Clone, isolate_git, make_clone
 
 
 @pytest.fixture(autouse=True)
@@ -30,3 +32,12 @@ def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[ContractServer]:
     monkeypatch.setenv("CHAKRAVARTI_TIMEOUT", "5")
     yield running.server
     running.stop()
+
+
+@pytest.fixture
+def clone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Clone:
+    """A clone of a bare remote, `main` pushed; git isolated from the machine's configuration."""
+    home = tmp_path / "home"
+    home.mkdir()
+    isolate_git(monkeypatch, home)
+    return make_clone(tmp_path)
