@@ -1,17 +1,29 @@
-"""Fixtures of the CLI unit tests: the contract server, a clean environment, a git clone."""
+"""Fixtures of the CLI unit tests: the contract server, a clean environment, a CLI runner."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from ckrv.cli import client as client_module
+from ckrv.cli.app import main
 from tests.unit.cli.bodies import TOKEN
 from tests.unit.cli.contract_server import ContractServer, RunningContractServer
 from tests.unit.cli.git_repos import Clone, isolate_git, make_clone
+
+
+@dataclass(frozen=True)
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+CliRunner = Callable[..., CliResult]
 
 
 @pytest.fixture(autouse=True)
@@ -35,9 +47,33 @@ def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[ContractServer]:
 
 
 @pytest.fixture
+def ckrv(capsys: pytest.CaptureFixture[str]) -> CliRunner:
+    """Run `ckrv` in this process with the given arguments; its exit code and output."""
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        try:
+            main(list(args))
+            exit_code = 0
+        except SystemExit as exit:
+            exit_code = exit.code if isinstance(exit.code, int) else 1
+        captured = capsys.readouterr()
+        return CliResult(exit_code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
 def clone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Clone:
     """A clone of a bare remote, `main` pushed; git isolated from the machine's configuration."""
     home = tmp_path / "home"
     home.mkdir()
     isolate_git(monkeypatch, home)
     return make_clone(tmp_path)
+
+
+@pytest.fixture
+def spec_file(tmp_path: Path) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text("id: add-login\ngoal: Add a login page with tests.\n")
+    return path

@@ -1,0 +1,1 @@
+"""The `ckrv` commands, one module per command group."""
