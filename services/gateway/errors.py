@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -54,6 +55,15 @@ def not_found(what: str) -> ApiError:
     return ApiError(404, "not_found", f"{what} not found")
 
 
+def _field_name(detail: Mapping[str, Any]) -> str:
+    """The field an error is about as the client names it: `limit`, not `query.limit`."""
+    where, *path = (str(part) for part in detail["loc"])
+    if detail["type"] == "json_invalid" or not path:
+        # A syntax error's location is its offset in the body, not a field.
+        return where
+    return ".".join(path)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_api_error(_: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, ApiError)
@@ -62,11 +72,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_invalid_request(_: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, RequestValidationError)
         details = [
-            {
-                "field": ".".join(str(part) for part in detail["loc"] if part != "body") or "body",
-                "message": detail["msg"],
-            }
-            for detail in error.errors()
+            {"field": _field_name(detail), "message": detail["msg"]} for detail in error.errors()
         ]
         summary = "; ".join(f"{item['field']}: {item['message']}" for item in details)
         return ApiError(422, "validation_error", summary, details=details).response()
