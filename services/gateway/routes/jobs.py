@@ -95,7 +95,8 @@ def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
         padded = cursor + "=" * (-len(cursor) % 4)
         position = json.loads(base64.urlsafe_b64decode(padded.encode()))
         return datetime.fromisoformat(position["created_at"]), UUID(position["id"])
-    except (binascii.Error, ValueError, KeyError, TypeError) as error:
+    # AttributeError: an `id` that is not a string (UUID() calls str methods on it).
+    except (binascii.Error, ValueError, KeyError, TypeError, AttributeError) as error:
         raise validation_error("cursor", "is not a cursor this API returned") from error
 
 
