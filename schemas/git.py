@@ -27,18 +27,14 @@ def validate_repository_url(url: str, *, allow_local: bool = False) -> str:
         return url
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    if scheme == "https":
+    if scheme in {"https", "ssh"}:
         if not parts.hostname or not parts.path.strip("/"):
-            raise GitInputError("an https repository URL needs a host and a path")
+            raise GitInputError(f"an {scheme} repository URL needs a host and a path")
         if parts.password is not None:
             raise GitInputError(
                 "put no credentials in git_repo_url; store them with "
                 "`ckrv cloud credentials add` and name them in git_credential_name"
             )
-        return url
-    if scheme == "ssh":
-        if not parts.hostname or not parts.path.strip("/"):
-            raise GitInputError("an ssh repository URL needs a host and a path")
         return url
     if allow_local and (scheme == "file" or (not scheme and url.startswith("/"))):
         return url
