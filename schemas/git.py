@@ -55,8 +55,9 @@ def branch_name_problem(name: str) -> str | None:
         problem = f"is longer than {MAX_BRANCH_LENGTH} characters"
     elif name.startswith("-"):
         problem = "starts with '-'"
-    elif name in {"@", "HEAD"}:
-        problem = f"is {name!r}"
+    elif name == "HEAD":
+        # A lone `@` is fine here: git refuses it as a whole ref name, not as a branch name.
+        problem = "is 'HEAD'"
     elif any(
         ord(character) < 0o40 or character in _FORBIDDEN_BRANCH_CHARACTERS for character in name
     ):
