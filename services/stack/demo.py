@@ -1,14 +1,12 @@
-"""`just demo`: a throw-away local stack, a job submitted to it, and the job's event history.
+"""`just demo`: a throw-away local stack and a user's job on it, through the `ckrv` command.
 
 Starts `ckrv-cloud up` on free loopback ports in a temporary folder, submits a
-job the way the gateway does (a `job.submitted` event appended through the
-event store), shows the history and the state folded from it, shows that a
-repeated submission is absorbed, and stops the stack.
+spec with `ckrv run --cloud`, follows it with `ckrv status` and `ckrv jobs`,
+shows the job's events on the JOBS stream, cancels it, and stops the stack.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -18,21 +16,17 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
 
 import httpx
-import nats
 
-from ckrv.events.catalog import JobSubmittedData
-from ckrv.events.state import SubmitJob, api_status, decide
-from ckrv.events.store import JobEventStore
 from ckrv.services.stack.launcher import GRPC_PORT_OFFSET, STACK_FILE
 from ckrv.services.stack.ports import free_port_with_partner, free_ports
 
 STACK_READY_SECONDS = 120.0
+DEMO_REPOSITORY = "https://example.com/acme/service.git"
 DEMO_SPEC = """\
 id: add-health-endpoint
-goal: Add a /health endpoint that answers {"status": "ok"}, with a test.
+goal: 'Add a /health endpoint that answers {"status": "ok"}, with a test.'
 """
 
 
@@ -70,47 +64,48 @@ def wait_for_stack(stack_file: Path, process: subprocess.Popen[bytes]) -> dict[s
     sys.exit(f"demo: the local stack was not ready within {STACK_READY_SECONDS:.0f} s")
 
 
-async def submit_and_show(endpoints: dict[str, Any]) -> None:
+def ckrv(arguments: list[str], environment: dict[str, str]) -> str:
+    """Run the user's `ckrv` command and show it as a user would type it."""
+    print(f"\n$ ckrv {' '.join(arguments)}", flush=True)
+    completed = subprocess.run(
+        [sys.executable, "-m", "ckrv.cli.app", *arguments],
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    print(completed.stdout.rstrip())
+    if completed.returncode != 0:
+        print(completed.stderr.rstrip(), file=sys.stderr)
+        sys.exit(f"demo: `ckrv {arguments[0]}` failed with exit code {completed.returncode}")
+    return completed.stdout
+
+
+def use_the_stack(endpoints: dict[str, Any], workdir: Path) -> None:
     gateway = endpoints["services"]["gateway"]["url"]
-    async with httpx.AsyncClient() as http:
-        readiness = (await http.get(f"{gateway}/readyz")).json()
-    print(f"\ngateway readiness: {readiness}")
+    print(f"\ngateway readiness: {httpx.get(f'{gateway}/readyz').json()}")
+    spec = workdir / "add-health-endpoint.yaml"
+    spec.write_text(DEMO_SPEC)
+    environment = os.environ | {
+        "CHAKRAVARTI_API_URL": f"{gateway}/v1",
+        "CHAKRAVARTI_TOKEN": "dev:demo@example.com:pro",
+    }
+    job_id = ckrv(
+        ["run", "--cloud", str(spec), "--repo", DEMO_REPOSITORY, "--base-branch", "main", "-q"],
+        environment,
+    ).strip()
+    ckrv(["status", job_id], environment)
+    ckrv(["jobs"], environment)
 
-    nc = await nats.connect(endpoints["nats"]["url"])
-    try:
-        store = JobEventStore(nc)
-        job_id = uuid4()
-        submit = SubmitJob(
-            actor="user:demo",
-            submission=JobSubmittedData(
-                user_id="demo",
-                tier="free",
-                spec_id="add-health-endpoint",
-                spec_content=DEMO_SPEC,
-                git_repo_url="https://example.com/acme/service.git",
-                git_base_branch="main",
-                time_limit_seconds=1800,
-                max_attempts=3,
-            ),
-        )
-        appended = await store.execute(job_id, lambda state: decide(state, submit))
-        print(f"\nsubmitted job {job_id}: JOBS sequence {appended[0].sequence}")
-        # The CLI retrying the same request must not create a second job or event.
-        repeated = await store.execute(job_id, lambda state: decide(state, submit))
-        print(f"the same submission again appends {len(repeated)} events")
-
-        loaded = await store.load(job_id)
-        print("\nevent history:")
-        for stored in loaded.events:
-            event = stored.event
-            print(f"  #{stored.sequence}  {event.subject}  {event.type}  by {event.actor}")
-        state = loaded.state
-        print(
-            f"\nfolded state: status={api_status(state)} (internal {state.status}), "
-            f"repo={state.git_repo_url} branch={state.git_base_branch}"
-        )
-    finally:
-        await nc.close()
+    events = httpx.get(
+        f"{gateway}/v1/jobs/{job_id}/events",
+        headers={"Authorization": f"Bearer {environment['CHAKRAVARTI_TOKEN']}"},
+    ).json()["events"]
+    print("\nthe job's events on JOBS:")
+    for event in events:
+        print(f"  #{event['sequence']}  {event['type']}  by {event['actor']}")
+    ckrv(["cancel", job_id], environment)
 
 
 def main() -> None:
@@ -123,7 +118,7 @@ def main() -> None:
         process = subprocess.Popen(command, env=os.environ | {"CKRV_ENV": "dev"})
         try:
             endpoints = wait_for_stack(state_dir / STACK_FILE, process)
-            asyncio.run(submit_and_show(endpoints))
+            use_the_stack(endpoints, Path(temporary))
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=30)

@@ -1,4 +1,4 @@
-"""The README's demo command works: it starts a stack, submits a job, and stops everything."""
+"""The README's demo command works: a stack, a job through the `ckrv` command, a clean stop."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 
-def test_demo_submits_a_job_and_shows_its_history() -> None:
+def test_demo_runs_a_job_through_the_cli_and_stops_the_stack() -> None:
     completed = subprocess.run(
         [sys.executable, "-m", "ckrv.services.stack.demo"],
         capture_output=True,
@@ -18,10 +18,11 @@ def test_demo_submits_a_job_and_shows_its_history() -> None:
         timeout=180,
         check=False,
     )
-    assert completed.returncode == 0, completed.stderr
+    assert completed.returncode == 0, completed.stdout + completed.stderr
     output = completed.stdout
     assert "'status': 'ready'" in output
-    assert "the same submission again appends 0 events" in output
-    assert ".submitted  job.submitted  by user:demo" in output
-    assert "status=pending (internal submitted)" in output
-    assert "demo finished" in output
+    assert "$ ckrv run --cloud" in output
+    assert "Spec:           add-health-endpoint" in output
+    assert "job.submitted  by user:" in output
+    assert "Cancellation requested for job" in output
+    assert "local stack stopped; demo finished" in output
