@@ -16,7 +16,7 @@ from uuid import UUID
 
 from nats.aio.client import Client
 from nats.js.api import DeliverPolicy
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -26,7 +26,7 @@ from ckrv.events.history import StoredEvent, read_job_history
 from ckrv.events.state import JobState, api_status, evolve, initial_state
 from ckrv.events.subjects import JOBS_STREAM, JOBS_SUBJECTS
 from ckrv.schemas.api import JobStatus
-from ckrv.services.gateway.tables import JobRecord, QuotaCharge
+from ckrv.services.gateway.tables import JobRecord, QuotaCharge, User
 
 PROJECTOR_CONSUMER = "gateway-projector"
 _RESULT_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.TIMEOUT})
@@ -110,12 +110,35 @@ async def apply_history(
 
 
 async def _refund(session: AsyncSession, job_id: UUID) -> None:
-    # A job refused before it started does not count against the quota.
+    """A job refused before it started does not count against the quota."""
+    # The owner's row first, as submissions lock it to count and charge: the two never
+    # interleave, so a charge made meanwhile is seen here and the other way round.
+    owner = select(col(QuotaCharge.user_id)).where(col(QuotaCharge.job_id) == job_id)
     await session.execute(
-        update(QuotaCharge)
-        .where(col(QuotaCharge.job_id) == job_id, col(QuotaCharge.refunded_at).is_(None))
-        .values(refunded_at=datetime.now(UTC))
+        select(col(User.id)).where(col(User.id) == owner.scalar_subquery()).with_for_update()
     )
+    charge = await session.get(QuotaCharge, job_id, with_for_update=True)
+    if charge is None or charge.refunded_at is not None:
+        return
+    charge.refunded_at = datetime.now(UTC)
+    if charge.overage:
+        return
+    # An included place given back goes to the cycle's first job billed as an extra one.
+    first_billed = await session.scalar(
+        select(QuotaCharge)
+        .where(
+            col(QuotaCharge.user_id) == charge.user_id,
+            col(QuotaCharge.cycle_start) == charge.cycle_start,
+            col(QuotaCharge.overage),
+            col(QuotaCharge.refunded_at).is_(None),
+        )
+        .order_by(col(QuotaCharge.charged_at), col(QuotaCharge.job_id))
+        .limit(1)
+        .with_for_update()
+    )
+    if first_billed is not None:
+        first_billed.overage = False
+        first_billed.amount_cents = 0
 
 
 async def project_job(session: AsyncSession, nc: Client, job_id: UUID, up_to_sequence: int) -> None:
