@@ -63,6 +63,10 @@ async def succeed(
     await drive(store, job_id, command)
 
 
+def has_status(status: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda job: bool(job["status"] == status)
+
+
 async def wait_for_job(
     client: httpx.Client,
     job_id: UUID | str,
