@@ -12,9 +12,10 @@ from uuid import UUID, uuid5
 
 from fastapi import Depends, Request
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ckrv.schemas.api import SubscriptionTier
-from ckrv.services.gateway.context import ContextDep, SessionDep
+from ckrv.services.gateway.context import ContextDep
 from ckrv.services.gateway.errors import ApiError
 from ckrv.services.gateway.tables import User
 
@@ -34,14 +35,17 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
-async def current_user(request: Request, context: ContextDep, session: SessionDep) -> User:
+async def current_user(request: Request, context: ContextDep) -> User:
     token = bearer_token(request)
     if context.settings.dev_auth and token.startswith(DEV_TOKEN_PREFIX):
-        return await _development_user(session, token.removeprefix(DEV_TOKEN_PREFIX))
+        # A session of its own, given back before the handler runs: a handler that opens
+        # sessions must not find the pool taken by requests each holding one already.
+        async with context.sessions() as session:
+            return await _development_user(session, token.removeprefix(DEV_TOKEN_PREFIX))
     raise _unauthorized("the token is not valid")
 
 
-async def _development_user(session: SessionDep, identity: str) -> User:
+async def _development_user(session: AsyncSession, identity: str) -> User:
     email, _, tier_name = identity.partition(":")
     if "@" not in email:
         raise _unauthorized("a development token is `dev:<email>[:<tier>]`")
