@@ -1,0 +1,294 @@
+"""`POST /v1/jobs` on one gateway process: submissions/s, latency, and the projector's lag.
+
+The gateway runs as `ckrv-cloud serve gateway` on its own nats-server and
+PostgreSQL (loopback, as the local stack runs them). 50 clients, each an
+enterprise user with one keep-alive connection, submit jobs with a 1.6 KB spec.
+
+- Throughput: the 50 clients submit 2,000 jobs back to back, as fast as the
+  gateway answers (closed loop); submissions/s is the rate it sustained.
+- Latency at the target rate: the 50 clients together offer 300 submissions/s
+  (each one every 1/6 s, staggered) for 2,000 submissions. Each latency is taken
+  from the moment the request was due, not when it could be sent, so a gateway
+  that falls behind shows its queueing delay instead of hiding it. (Closed-loop
+  latency cannot meet both targets at once: with 50 requests always in flight,
+  the mean latency is 50 / throughput, 167 ms at 300/s.)
+- One client: 200 submissions one after the other, latency with no queueing.
+- Projection lag, in PostgreSQL on `jobs.last_sequence`: during the
+  target-rate run, for every tenth submission from the moment its POST returned
+  (its `job.submitted` event acknowledged by JetStream) until the projector has
+  folded that event into the row; then, with the gateway idle, for 200
+  `job.cancel-requested` events appended through the event store as another
+  service would, from just before each append until the row shows its sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from uuid import UUID
+
+import asyncpg
+import httpx
+import nats
+
+from ckrv.events.state import RequestCancel, decide
+from ckrv.events.store import JobEventStore
+from ckrv.services.common.db import create_schema
+from ckrv.services.stack.nats_server import NatsServer
+from ckrv.services.stack.ports import free_ports
+from ckrv.services.stack.postgres_server import PostgresServer
+from ckrv.services.stack.service_process import DEVELOPMENT_SWITCHES, ServiceProcess
+from tests.perf.report import BenchmarkResult, Figure, latency_figures
+
+CLIENTS = 50
+SUBMISSIONS = 2_000
+WARM_UP_PER_CLIENT = 2
+SEQUENTIAL_SUBMISSIONS = 200
+LAG_SAMPLE_EVERY = 10
+LAG_EVENTS = 200
+POLL_SECONDS = 0.001
+
+THROUGHPUT_TARGET = 300
+SUBMIT_P99_TARGET_MS = 50.0
+LAG_P99_TARGET_MS = 100.0
+
+SPEC = (
+    "id: add-rate-limiter\n"
+    "overview: |\n"
+    "  Orders are created faster than the payment provider accepts them.\n"
+    "goal: Limit order creation to 20 per second per customer, with tests.\n"
+    "constraints:\n"
+    + "".join(f"  - constraint {n}: keep the public API unchanged\n" for n in range(30))
+)
+BODY = {
+    "spec_content": SPEC,
+    "git_repo_url": "https://github.com/acme/orders-service.git",
+    "git_base_branch": "main",
+}
+
+
+def server_dir() -> Path:
+    # PostgreSQL runs as `nobody` when the benchmark runs as root: it must pass through.
+    path = Path(tempfile.mkdtemp(prefix="ckrv-bench-gateway-"))
+    path.chmod(0o711)
+    return path
+
+
+class LagSampler:
+    """Polls the rows of sampled jobs and notes when each first shows its submitted event."""
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self._connection = connection
+        self._waiting: dict[UUID, float] = {}
+        self.lags: list[float] = []
+
+    def watch(self, job_id: UUID, since: float) -> None:
+        self._waiting[job_id] = since
+
+    async def run(self, done: asyncio.Event) -> None:
+        while not done.is_set() or self._waiting:
+            if self._waiting:
+                rows = await self._connection.fetch(
+                    "select id, last_sequence from jobs where id = any($1::uuid[])",
+                    list(self._waiting),
+                )
+                now = time.perf_counter()
+                for row in rows:
+                    if row["last_sequence"] > 0:
+                        self.lags.append(now - self._waiting.pop(row["id"]))
+            await asyncio.sleep(POLL_SECONDS)
+
+
+async def submit(client: httpx.AsyncClient) -> tuple[UUID, float]:
+    """Submit one job; its id and when the answer came."""
+    response = await client.post("/jobs", json=BODY)
+    returned = time.perf_counter()
+    if response.status_code != 201:
+        raise RuntimeError(f"submission refused: {response.status_code} {response.text}")
+    return UUID(response.json()["id"]), returned
+
+
+async def closed_loop(clients: list[httpx.AsyncClient]) -> tuple[float, list[float]]:
+    """Every client submits back to back until SUBMISSIONS are done: (elapsed, latencies)."""
+    latencies: list[float] = []
+    remaining = SUBMISSIONS
+
+    async def sender(client: httpx.AsyncClient) -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            sent = time.perf_counter()
+            _, returned = await submit(client)
+            latencies.append(returned - sent)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(sender(client) for client in clients))
+    return time.perf_counter() - started, latencies
+
+
+async def at_target_rate(
+    clients: list[httpx.AsyncClient], sampler: LagSampler
+) -> tuple[float, list[float], list[UUID]]:
+    """SUBMISSIONS offered at THROUGHPUT_TARGET/s: (elapsed, latencies from due time, job ids)."""
+    interval = len(clients) / THROUGHPUT_TARGET
+    per_client = SUBMISSIONS // len(clients)
+    latencies: list[float] = []
+    job_ids: list[UUID] = []
+    started = time.perf_counter()
+
+    async def sender(index: int, client: httpx.AsyncClient) -> None:
+        first = started + index * interval / len(clients)
+        for n in range(per_client):
+            due = first + n * interval
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            job_id, returned = await submit(client)
+            latencies.append(returned - due)
+            job_ids.append(job_id)
+            if len(job_ids) % LAG_SAMPLE_EVERY == 0:
+                sampler.watch(job_id, returned)
+
+    await asyncio.gather(*(sender(index, client) for index, client in enumerate(clients)))
+    return time.perf_counter() - started, latencies, job_ids
+
+
+async def one_at_a_time(client: httpx.AsyncClient) -> list[float]:
+    latencies = []
+    for _ in range(SEQUENTIAL_SUBMISSIONS):
+        sent = time.perf_counter()
+        _, returned = await submit(client)
+        latencies.append(returned - sent)
+    return latencies
+
+
+async def event_lags(
+    store: JobEventStore, connection: asyncpg.Connection, job_ids: list[UUID]
+) -> list[float]:
+    lags: list[float] = []
+    for job_id in job_ids:
+        loaded = await store.load(job_id)
+        (event,) = decide(loaded.state, RequestCancel(actor="user:bench", reason="benchmark"))
+        started = time.perf_counter()
+        appended = await store.append(event, expected_sequence=loaded.last_sequence)
+        while True:
+            shown = await connection.fetchval(
+                "select last_sequence from jobs where id = $1", job_id
+            )
+            if shown >= appended.sequence:
+                break
+            await asyncio.sleep(POLL_SECONDS / 10)
+        lags.append(time.perf_counter() - started)
+    return lags
+
+
+async def wait_until_projected(connection: asyncpg.Connection) -> None:
+    """Wait for the projector to catch up, so each phase starts from an idle gateway."""
+    while True:
+        behind = await connection.fetchval("select count(*) from jobs where last_sequence = 0")
+        if not behind:
+            return
+        await asyncio.sleep(0.1)
+
+
+async def measure(gateway_url: str, nats_url: str, dsn: str) -> list[Figure]:
+    clients = [
+        httpx.AsyncClient(
+            base_url=f"{gateway_url}/v1",
+            headers={"Authorization": f"Bearer dev:bench-{n}@example.com:enterprise"},
+            limits=httpx.Limits(max_connections=1),
+            timeout=120,
+        )
+        for n in range(CLIENTS)
+    ]
+    nc = await nats.connect(nats_url)
+    connection = await asyncpg.connect(dsn)
+    try:
+        # Warm-up: users created, connections open, code paths and pools in use.
+        for _ in range(WARM_UP_PER_CLIENT):
+            await asyncio.gather(*(submit(client) for client in clients))
+        await wait_until_projected(connection)
+
+        elapsed, saturated = await closed_loop(clients)
+        await wait_until_projected(connection)
+
+        sampler = LagSampler(connection)
+        done = asyncio.Event()
+        sampling = asyncio.create_task(sampler.run(done))
+        paced_elapsed, paced, job_ids = await at_target_rate(clients, sampler)
+        done.set()
+        await sampling
+        await wait_until_projected(connection)
+
+        sequential = await one_at_a_time(clients[0])
+        await wait_until_projected(connection)
+        lags = await event_lags(
+            JobEventStore(nc), connection, job_ids[:: len(job_ids) // LAG_EVENTS][:LAG_EVENTS]
+        )
+    finally:
+        await connection.close()
+        await nc.close()
+        for client in clients:
+            await client.aclose()
+    return [
+        Figure("closed loop: submissions/s", len(saturated) / elapsed, "jobs/s", THROUGHPUT_TARGET),
+        *latency_figures("closed loop: latency", saturated, None),
+        Figure(f"offered {THROUGHPUT_TARGET}/s: achieved", len(paced) / paced_elapsed, "jobs/s"),
+        *latency_figures(f"offered {THROUGHPUT_TARGET}/s: latency", paced, SUBMIT_P99_TARGET_MS),
+        *latency_figures("one client: latency", sequential, None),
+        *latency_figures(
+            f"offered {THROUGHPUT_TARGET}/s: projection lag", sampler.lags, LAG_P99_TARGET_MS
+        ),
+        *latency_figures("idle: projection lag", lags, LAG_P99_TARGET_MS),
+    ]
+
+
+async def run() -> BenchmarkResult:
+    state = server_dir()
+    nats_port, monitor_port, postgres_port, gateway_port = free_ports(4)
+    nats_server = NatsServer(state / "nats", port=nats_port, monitor_port=monitor_port)
+    postgres = PostgresServer(state / "postgres", port=postgres_port)
+    try:
+        await nats_server.start()
+        await postgres.start()
+        await create_schema(postgres.dsn)
+        gateway = ServiceProcess(
+            "gateway",
+            port=gateway_port,
+            log_dir=state,
+            connections={
+                "CKRV_ENV": "dev",
+                "CKRV_NATS_URL": nats_server.url,
+                "CKRV_DATABASE_URL": postgres.dsn,
+                **DEVELOPMENT_SWITCHES,
+            },
+            shutdown_timeout_seconds=5,
+        )
+        await gateway.start()
+        try:
+            figures = await measure(gateway.url, nats_server.url, postgres.dsn)
+        finally:
+            await gateway.stop()
+    finally:
+        await postgres.stop()
+        await nats_server.stop()
+        shutil.rmtree(state, ignore_errors=True)
+    return BenchmarkResult(
+        name="gateway_submit",
+        description=(
+            "POST /v1/jobs against one gateway process (NATS and PostgreSQL on loopback): "
+            "closed-loop throughput, latency at the target rate, and the projector's lag."
+        ),
+        figures=figures,
+        parameters={
+            "clients": CLIENTS,
+            "submissions_per_phase": SUBMISSIONS,
+            "offered_rate": THROUGHPUT_TARGET,
+            "sequential_submissions": SEQUENTIAL_SUBMISSIONS,
+            "spec_bytes": len(SPEC.encode()),
+            "lag_sample_every": LAG_SAMPLE_EVERY,
+            "lag_events": LAG_EVENTS,
+            "gateway_processes": 1,
+        },
+    )
