@@ -74,8 +74,16 @@ def record_values(state: JobState, last_sequence: int) -> dict[str, Any]:
         "metrics": dict(state.metrics) if state.metrics else None,
         "cancel_requested": state.cancel_requested,
         "last_sequence": last_sequence,
-        "state": state.model_dump(mode="json"),
+        "state": _stored_state(state),
     }
+
+
+def _stored_state(state: JobState) -> dict[str, Any]:
+    stored = state.model_dump(mode="json")
+    # A set's order depends on how it was built (folded at once, or continued from a row):
+    # sorted, the same history always gives the same row.
+    stored["seen_event_ids"] = sorted(stored["seen_event_ids"])
+    return stored
 
 
 def record_for(state: JobState, last_sequence: int) -> JobRecord:
