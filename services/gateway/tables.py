@@ -14,7 +14,7 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _timestamp(*, nullable: bool = False, index: bool = False) -> Any:
+def timestamp_field(*, nullable: bool = False, index: bool = False) -> Any:
     if nullable:
         return Field(default=None, sa_type=DateTime(timezone=True), nullable=True, index=index)
     return Field(
@@ -29,7 +29,7 @@ class User(SQLModel, table=True):
     email: str = Field(unique=True, max_length=320)
     name: str | None = Field(default=None, max_length=200)
     subscription_tier: str = Field(max_length=20)
-    created_at: datetime = _timestamp()
+    created_at: datetime = timestamp_field()
 
 
 class JobRecord(SQLModel, table=True):
@@ -51,9 +51,9 @@ class JobRecord(SQLModel, table=True):
     git_base_branch: str
     git_credential_name: str | None = None
     feature_branch_name: str
-    created_at: datetime = _timestamp()
-    started_at: datetime | None = _timestamp(nullable=True)
-    completed_at: datetime | None = _timestamp(nullable=True)
+    created_at: datetime = timestamp_field()
+    started_at: datetime | None = timestamp_field(nullable=True)
+    completed_at: datetime | None = timestamp_field(nullable=True)
     result_status: str | None = Field(default=None, max_length=20)
     result_summary: str | None = None
     error_message: str | None = None
@@ -73,8 +73,8 @@ class OutboxEvent(SQLModel, table=True):
     event_id: UUID = Field(primary_key=True)
     job_id: UUID
     payload: str
-    created_at: datetime = _timestamp(index=True)
-    published_at: datetime | None = _timestamp(nullable=True)
+    created_at: datetime = timestamp_field(index=True)
+    published_at: datetime | None = timestamp_field(nullable=True)
     attempts: int = 0
 
 
@@ -85,7 +85,7 @@ class IdempotencyKey(SQLModel, table=True):
     key: str = Field(primary_key=True, max_length=255)
     request_hash: str = Field(max_length=64)
     job_id: UUID
-    created_at: datetime = _timestamp()
+    created_at: datetime = timestamp_field()
 
 
 class QuotaCharge(SQLModel, table=True):
@@ -94,8 +94,8 @@ class QuotaCharge(SQLModel, table=True):
     __tablename__ = "quota_charges"
     job_id: UUID = Field(primary_key=True)
     user_id: UUID = Field(index=True)
-    cycle_start: datetime = _timestamp()
+    cycle_start: datetime = timestamp_field()
     overage: bool = False
     amount_cents: int = 0
-    charged_at: datetime = _timestamp()
-    refunded_at: datetime | None = _timestamp(nullable=True)
+    charged_at: datetime = timestamp_field()
+    refunded_at: datetime | None = timestamp_field(nullable=True)

@@ -1,0 +1,1 @@
+"""Sign-in: the gateway as OAuth2 authorization server (device flow, refresh, API tokens)."""
