@@ -11,7 +11,7 @@ import cyclopts
 from pydantic import ValidationError
 
 from ckrv.services.common.logging import configure_logging
-from ckrv.services.common.service import Service, run_service
+from ckrv.services.common.service import Service, serve_process
 from ckrv.services.common.settings import CommonSettings, ServiceSettings
 from ckrv.services.stack.cli import up
 
@@ -47,7 +47,7 @@ def serve(name: ServiceName, /) -> None:
     common = CommonSettings()
     configure_logging(name, level=common.log_level, fmt=common.log_format)
     service, settings = SERVICES[name](common)
-    sys.exit(asyncio.run(run_service(service, settings)))
+    sys.exit(serve_process(service, settings))
 
 
 @app.command

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import ClassVar
 
 import uvicorn
+import uvloop
 from starlette.applications import Starlette
 
 from ckrv.services.common.http import HealthState, ReadinessCheck, health_routes
@@ -58,6 +59,13 @@ class _QuietSignalsServer(uvicorn.Server):
         yield
 
 
+def serve_process(service: Service, settings: ServiceSettings) -> int:
+    """Run `service` as the whole process, on uvloop's event loop; return the exit code."""
+    # uvloop halves the loop's own overhead (sockets, callbacks, timers) next to asyncio's.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(run_service(service, settings))
+
+
 async def run_service(service: Service, settings: ServiceSettings) -> int:
     """Run `service` until SIGTERM/SIGINT or until it fails; return the process exit code."""
     stop = asyncio.Event()
@@ -93,7 +101,16 @@ async def _serve_until_stopped(
     app = service.http_app() or Starlette()
     app.router.routes.extend(health_routes(health))
     server = _QuietSignalsServer(
-        uvicorn.Config(app, log_config=None, lifespan="off", access_log=False)
+        uvicorn.Config(
+            app,
+            log_config=None,
+            lifespan="off",
+            access_log=False,
+            # The loop is the process's (uvloop, see `serve_process`); httptools parses
+            # HTTP in C, several times faster than h11.
+            loop="none",
+            http="httptools",
+        )
     )
     work = asyncio.create_task(service.run(stop), name=f"{service.name} work")
     http = asyncio.create_task(server.serve(sockets=[listener]), name=f"{service.name} HTTP")

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from ckrv.services.gateway.context import GatewayContext
 from ckrv.services.gateway.errors import install_error_handlers
+from ckrv.services.gateway.identity import routes as identity
 from ckrv.services.gateway.routes import jobs, users
 
 API_PREFIX = "/v1"
@@ -20,6 +21,7 @@ def create_app(context: GatewayContext | None = None) -> FastAPI:
     )
     app.state.context = context
     install_error_handlers(app)
-    for router in (jobs.router, users.router):
+    for router in (jobs.router, users.router, identity.router):
         app.include_router(router, prefix=API_PREFIX)
+    app.include_router(identity.well_known)
     return app

@@ -1,8 +1,9 @@
 """Who is calling: the bearer token resolved to a user.
 
-Until sign-in lands, development tokens `dev:<email>[:<tier>]` stand in; they
+Access tokens (short-lived JWTs from the device flow) and API tokens (`ckrv_…`,
+for scripts) are accepted everywhere. Development tokens `dev:<email>[:<tier>]`
 work only when `CKRV_GATEWAY_DEV_AUTH` is on, which the settings refuse outside
-`CKRV_ENV=dev`. Every other token is refused.
+`CKRV_ENV=dev`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ckrv.schemas.api import SubscriptionTier
 from ckrv.services.gateway.context import ContextDep
 from ckrv.services.gateway.errors import ApiError
+from ckrv.services.gateway.identity.flows import API_TOKEN_PREFIX, api_token_owner
+from ckrv.services.gateway.identity.keys import InvalidAccessToken
 from ckrv.services.gateway.tables import User
 
 DEV_TOKEN_PREFIX = "dev:"  # noqa: S105 - a prefix, not a secret
@@ -36,13 +39,26 @@ def bearer_token(request: Request) -> str:
 
 
 async def current_user(request: Request, context: ContextDep) -> User:
+    """The user behind the bearer token: an access token (JWT), an API token, or in
+    development a `dev:` token. Any failure is the same 401, whatever its reason."""
     token = bearer_token(request)
-    if context.settings.dev_auth and token.startswith(DEV_TOKEN_PREFIX):
-        # A session of its own, given back before the handler runs: a handler that opens
-        # sessions must not find the pool taken by requests each holding one already.
-        async with context.sessions() as session:
+    # A session of its own, given back before the handler runs: a handler that opens
+    # sessions must not find the pool taken by requests each holding one already.
+    async with context.sessions() as session:
+        if token.startswith(API_TOKEN_PREFIX):
+            async with session.begin():
+                user_id = await api_token_owner(session, token)
+        elif context.settings.dev_auth and token.startswith(DEV_TOKEN_PREFIX):
             return await _development_user(session, token.removeprefix(DEV_TOKEN_PREFIX))
-    raise _unauthorized("the token is not valid")
+        else:
+            try:
+                user_id = context.keys.verify(token).user_id
+            except InvalidAccessToken:
+                user_id = None
+        user = await session.get(User, user_id) if user_id is not None else None
+    if user is None:
+        raise _unauthorized("the token is not valid or has expired; run `ckrv cloud login`")
+    return user
 
 
 async def _development_user(session: AsyncSession, identity: str) -> User:

@@ -11,6 +11,8 @@ from nats.aio.client import Client
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ckrv.events.store import JobEventStore
+from ckrv.services.gateway.identity.flows import IdentityPolicy
+from ckrv.services.gateway.identity.keys import SigningKeys
 from ckrv.services.gateway.settings import GatewaySettings
 
 
@@ -20,6 +22,8 @@ class GatewayContext:
     sessions: async_sessionmaker[AsyncSession]
     nats: Client
     store: JobEventStore
+    keys: SigningKeys
+    identity: IdentityPolicy
 
 
 def _context(request: Request) -> GatewayContext:

@@ -20,6 +20,7 @@ from ckrv.services.common.service import Service
 from ckrv.services.common.settings import CommonSettings
 from ckrv.services.gateway.app import create_app
 from ckrv.services.gateway.context import GatewayContext
+from ckrv.services.gateway.identity.config import load_identity
 from ckrv.services.gateway.projection import project_job, projector_spec
 from ckrv.services.gateway.settings import GatewaySettings
 from ckrv.services.gateway.submission import relay_outbox
@@ -46,11 +47,14 @@ class GatewayService(Service):
         self._nats = await connect_nats(self._common.nats_url, name=self.name)
         await provision_streams(self._nats.jetstream())
         self._engine = create_engine(self._common.database_url.get_secret_value(), pool_size=10)
+        keys, identity = load_identity(self._settings)
         self.app.state.context = GatewayContext(
             settings=self._settings,
             sessions=session_factory(self._engine),
             nats=self._nats,
             store=JobEventStore(self._nats),
+            keys=keys,
+            identity=identity,
         )
 
     def readiness_checks(self) -> dict[str, ReadinessCheck]:

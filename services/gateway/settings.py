@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from ckrv.services.common.settings import Environment, ServiceSettings
+from ckrv.services.common.settings import Environment, ServiceSettings, dev_default
 
 
 class GatewaySettings(ServiceSettings):
@@ -34,6 +34,34 @@ class GatewaySettings(ServiceSettings):
     outbox_grace_seconds: float = Field(
         default=2.0, ge=0, description="Age before the outbox relay takes over an event."
     )
+
+    public_url: str | None = dev_default(
+        None,
+        "Address users and the CLI reach the gateway at (issuer and activation page); "
+        "in development it defaults to the HTTP host and port.",
+    )
+    signing_keys: SecretStr | None = dev_default(
+        None,
+        "JSON Web Key Set of private RSA keys; the first signs access tokens. "
+        "In development a key is generated at start (tokens end with the process).",
+    )
+    access_token_seconds: int = Field(
+        default=900, ge=60, le=900, description="Lifetime of access tokens (at most 15 min)."
+    )
+    refresh_token_days: int = Field(default=30, ge=1, description="Lifetime of refresh tokens.")
+    device_code_seconds: int = Field(
+        default=900, ge=60, description="How long a device-flow code can be approved."
+    )
+    poll_interval_seconds: int = Field(
+        default=5, ge=1, description="Minimum seconds between the CLI's token polls."
+    )
+    oauth_clients: tuple[str, ...] = Field(
+        default=("ckrv-cli",), description="Client ids of the public clients that may sign in."
+    )
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.http_host}:{self.http_port}").rstrip("/")
 
     @model_validator(mode="after")
     def _development_switches_only_in_dev(self) -> Self:

@@ -18,6 +18,7 @@ from ckrv.schemas.api import JobCreate
 from ckrv.services.common.connections import connect_nats
 from ckrv.services.common.db import create_engine, create_schema, session_factory
 from ckrv.services.gateway.context import GatewayContext
+from ckrv.services.gateway.identity.config import load_identity
 from ckrv.services.gateway.settings import GatewaySettings
 from ckrv.services.gateway.submission import relay_pending, submit_job
 from ckrv.services.gateway.tables import JobRecord, OutboxEvent, User
@@ -55,11 +56,15 @@ async def test_a_job_accepted_while_nats_is_down_gets_its_event_exactly_once(
     nc = await connect_nats(own_nats.url, name="outbox-test")
     try:
         await provision_streams(nc.jetstream())
+        settings = GatewaySettings(env="dev", publish_timeout_seconds=0.5)
+        keys, identity = load_identity(settings)
         context = GatewayContext(
-            settings=GatewaySettings(env="dev", publish_timeout_seconds=0.5),
+            settings=settings,
             sessions=session_factory(engine),
             nats=nc,
             store=JobEventStore(nc),
+            keys=keys,
+            identity=identity,
         )
         user = User(id=uuid4(), email=f"{uuid4().hex}@example.com", subscription_tier="pro")
         async with context.sessions() as session, session.begin():
@@ -107,11 +112,15 @@ async def test_relaying_an_event_the_request_already_published_adds_nothing(
     nc = await connect_nats(own_nats.url, name="outbox-test")
     try:
         await provision_streams(nc.jetstream())
+        settings = GatewaySettings(env="dev")
+        keys, identity = load_identity(settings)
         context = GatewayContext(
-            settings=GatewaySettings(env="dev"),
+            settings=settings,
             sessions=session_factory(engine),
             nats=nc,
             store=JobEventStore(nc),
+            keys=keys,
+            identity=identity,
         )
         user = User(id=uuid4(), email=f"{uuid4().hex}@example.com", subscription_tier="pro")
         async with context.sessions() as session, session.begin():
