@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Awaitable, Callable
+from typing import Literal, NoReturn, TypeVar
 
 import cyclopts
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from ckrv.schemas.api import SubscriptionTier
 from ckrv.services.common.logging import configure_logging
 from ckrv.services.common.service import Service, serve_process
 from ckrv.services.common.settings import CommonSettings, ServiceSettings
@@ -19,6 +21,7 @@ app = cyclopts.App(name="ckrv-cloud", help="Operate Chakravarti Cloud: local sta
 app.command(up)
 
 ServiceName = Literal["gateway"]
+T = TypeVar("T")
 
 
 def _gateway(common: CommonSettings) -> tuple[Service, ServiceSettings]:
@@ -102,6 +105,77 @@ def rebuild() -> None:
             await nc.close()
 
     print(f"rebuilt {asyncio.run(rebuild_all())} jobs from JOBS")
+
+
+users = cyclopts.App(name="users", help="Manage accounts: create users, change tiers.")
+app.command(users)
+
+
+def _run_in_database(action: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    from ckrv.services.common.db import session_factory, temporary_engine
+
+    async def run() -> T:
+        async with (
+            temporary_engine(CommonSettings().database_url.get_secret_value()) as engine,
+            session_factory(engine)() as session,
+            session.begin(),
+        ):
+            return await action(session)
+
+    return asyncio.run(run())
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"ckrv-cloud: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+@users.command(name="create")
+def create_user_command(
+    *, email: str, tier: SubscriptionTier = SubscriptionTier.FREE, token: bool = False
+) -> None:
+    """Create a user account.
+
+    Parameters
+    ----------
+    email
+        The user's email address (their identity).
+    tier
+        Subscription tier.
+    token
+        Also create an API token (for `CKRV_TOKEN`) and print it; it is shown only once.
+    """
+    from ckrv.services.gateway.identity.accounts import AccountError, create_user
+
+    try:
+        user, api_token = _run_in_database(
+            lambda session: create_user(session, email, tier, with_token=token)
+        )
+    except AccountError as error:
+        _fail(str(error))
+    print(f"created user {user.email} ({user.id}), {tier} tier")
+    if api_token is not None:
+        print(f"API token (shown once; use as CKRV_TOKEN): {api_token}")
+
+
+@users.command(name="set-tier")
+def set_tier_command(*, email: str, tier: SubscriptionTier) -> None:
+    """Change a user's subscription tier.
+
+    Parameters
+    ----------
+    email
+        The user's email address.
+    tier
+        The new tier.
+    """
+    from ckrv.services.gateway.identity.accounts import AccountError, set_tier
+
+    try:
+        _run_in_database(lambda session: set_tier(session, email, tier))
+    except AccountError as error:
+        _fail(str(error))
+    print(f"{email} is now on the {tier} tier")
 
 
 def main() -> None:

@@ -23,8 +23,7 @@ from ckrv.services.stack.ports import free_ports
 from ckrv.services.stack.postgres_server import PostgresServer
 from ckrv.services.stack.process import Supervised
 from ckrv.services.stack.seaweed_server import SeaweedPorts, SeaweedServer
-from ckrv.services.stack.service_process import DEVELOPMENT_SWITCHES, ServiceProcess
-from tests.running_gateway import RunningGateway
+from tests.running_gateway import RunningGateway, gateway_process
 
 T = TypeVar("T")
 
@@ -93,21 +92,11 @@ def gateway(
     nats_server: NatsServer, postgres_server: PostgresServer, servers_dir: Path
 ) -> Iterator[RunningGateway]:
     run_on_private_loop(create_schema(postgres_server.dsn))
-    (port,) = free_ports(1)
-    process = ServiceProcess(
-        "gateway",
-        port=port,
-        log_dir=servers_dir,
-        connections={
-            "CKRV_ENV": "dev",
-            "CKRV_NATS_URL": nats_server.url,
-            "CKRV_DATABASE_URL": postgres_server.dsn,
-            **DEVELOPMENT_SWITCHES,
-        },
-        shutdown_timeout_seconds=5,
+    process, running = gateway_process(
+        nats_url=nats_server.url, database_url=postgres_server.dsn, log_dir=servers_dir
     )
-    for running in _serve(process):
-        yield RunningGateway(running.url)
+    for _ in _serve(process):
+        yield running
 
 
 SERVER_FIXTURES = frozenset({"nats_server", "postgres_server", "s3_server", "gateway"})

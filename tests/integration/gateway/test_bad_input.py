@@ -24,9 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ckrv.schemas.spec import MAX_SPEC_BYTES
 from ckrv.services.stack.nats_server import NatsServer
-from ckrv.services.stack.ports import free_ports
 from ckrv.services.stack.postgres_server import PostgresServer
-from ckrv.services.stack.service_process import ServiceProcess
 from tests.integration.gateway.jobs import SPEC, job_body
 from tests.integration.gateway.lifecycle import (
     StoredRows,
@@ -34,7 +32,7 @@ from tests.integration.gateway.lifecycle import (
     last_stream_sequence,
     stored_rows,
 )
-from tests.running_gateway import RunningGateway
+from tests.running_gateway import RunningGateway, gateway_process
 
 pytestmark = pytest.mark.integration
 
@@ -48,23 +46,15 @@ async def cloud_gateway(
 ) -> AsyncIterator[RunningGateway]:
     """A second gateway replica on the same servers, without the local-repository switch."""
     log_dir = Path(tempfile.mkdtemp(prefix="ckrv-cloud-gateway-"))
-    (port,) = free_ports(1)
-    process = ServiceProcess(
-        "gateway",
-        port=port,
+    process, cloud = gateway_process(
+        nats_url=nats_server.url,
+        database_url=postgres_server.dsn,
         log_dir=log_dir,
-        connections={
-            "CKRV_ENV": "dev",
-            "CKRV_NATS_URL": nats_server.url,
-            "CKRV_DATABASE_URL": postgres_server.dsn,
-            "CKRV_GATEWAY_DEV_AUTH": "true",
-            "CKRV_GATEWAY_ALLOW_LOCAL_REPOSITORIES": "false",
-        },
-        shutdown_timeout_seconds=5,
+        switches={"CKRV_GATEWAY_ALLOW_LOCAL_REPOSITORIES": "false"},
     )
     await process.start()
     try:
-        yield RunningGateway(process.url)
+        yield cloud
     finally:
         await process.stop()
         shutil.rmtree(log_dir, ignore_errors=True)
