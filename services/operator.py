@@ -145,7 +145,7 @@ def create_user_command(
     token
         Also create an API token (for `CKRV_TOKEN`) and print it; it is shown only once.
     """
-    from ckrv.services.gateway.identity.accounts import AccountError, create_user
+    from ckrv.services.gateway.identity.administration import AccountError, create_user
 
     try:
         user, api_token = _run_in_database(
@@ -169,7 +169,7 @@ def set_tier_command(*, email: str, tier: SubscriptionTier) -> None:
     tier
         The new tier.
     """
-    from ckrv.services.gateway.identity.accounts import AccountError, set_tier
+    from ckrv.services.gateway.identity.administration import AccountError, set_tier
 
     try:
         _run_in_database(lambda session: set_tier(session, email, tier))

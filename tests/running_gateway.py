@@ -2,24 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+from sqlmodel import col
+
+from ckrv.schemas.api import SubscriptionTier
+from ckrv.services.common.db import session_factory, temporary_engine
+from ckrv.services.gateway.identity.administration import create_user
+from ckrv.services.gateway.identity.flows import create_api_token
 from ckrv.services.gateway.identity.keys import generate_signing_key
+from ckrv.services.gateway.tables import User
 from ckrv.services.stack.ports import free_ports
 from ckrv.services.stack.service_process import DEVELOPMENT_SWITCHES, ServiceProcess
 
 
 @dataclass(frozen=True)
 class RunningGateway:
-    """A `ckrv-cloud serve gateway` process on the session's servers, with development sign-in."""
+    """A `ckrv-cloud serve gateway` process on the session's servers."""
 
     url: str
     # The private key set it signs access tokens with, so tests can forge bad ones.
     signing_jwks: str
     log_path: Path
+    database_url: str
+    _tokens: dict[tuple[str, str], str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def signing_keys(self) -> list[dict[str, Any]]:
@@ -30,9 +42,16 @@ class RunningGateway:
     def api_url(self) -> str:
         return f"{self.url}/v1"
 
-    @staticmethod
-    def token(email: str, tier: str = "free") -> str:
-        return f"dev:{email}:{tier}"
+    def token(self, email: str, tier: str = "free") -> str:
+        """An API token of the user with this email, created (or moved to `tier`) on demand."""
+        key = (email.lower(), tier)
+        if key not in self._tokens:
+            # Callers may be inside an event loop: the database work runs on a loop of its own.
+            with ThreadPoolExecutor(max_workers=1) as worker:
+                self._tokens[key] = worker.submit(
+                    asyncio.run, _api_token(self.database_url, email, tier)
+                ).result()
+        return self._tokens[key]
 
 
 def gateway_process(
@@ -55,4 +74,15 @@ def gateway_process(
         },
         shutdown_timeout_seconds=5,
     )
-    return process, RunningGateway(process.url, signing_jwks, process.log_path)
+    return process, RunningGateway(process.url, signing_jwks, process.log_path, database_url)
+
+
+async def _api_token(database_url: str, email: str, tier: str) -> str:
+    async with temporary_engine(database_url) as engine:
+        async with session_factory(engine)() as session, session.begin():
+            user = await session.scalar(select(User).where(col(User.email) == email.lower()))
+            if user is None:
+                user, _ = await create_user(session, email, SubscriptionTier(tier))
+            user.subscription_tier = tier
+            _, token = await create_api_token(session, user.id, "tests", None)
+        return token

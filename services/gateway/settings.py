@@ -14,10 +14,6 @@ class GatewaySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="CKRV_GATEWAY_")
 
     http_port: int = Field(default=8080, ge=0, le=65535, description="Port of the HTTP API.")
-    dev_auth: bool = Field(
-        default=False,
-        description="Accept `dev:<email>[:<tier>]` bearer tokens; only with CKRV_ENV=dev.",
-    )
     allow_local_repositories: bool = Field(
         default=False,
         description="Accept local paths and file:// repository URLs; only with CKRV_ENV=dev.",
@@ -59,6 +55,33 @@ class GatewaySettings(ServiceSettings):
         default=("ckrv-cli",), description="Client ids of the public clients that may sign in."
     )
 
+    allow_signup: bool = Field(
+        default=True,
+        description="Let anyone create a local account (email, password) on the activation page.",
+    )
+    session_secret: SecretStr = dev_default(
+        SecretStr("ckrv-dev-session-secret"),
+        "Key that signs the activation page's session cookie (32+ random bytes in production).",
+    )
+    session_max_age_seconds: int = Field(
+        default=8 * 3600, ge=60, description="How long a sign-in on the activation page lasts."
+    )
+    oidc_issuer: str | None = Field(
+        default=None,
+        description="Issuer URL of an upstream OpenID Connect provider offered on the "
+        "activation page; its discovery document is read from `/.well-known/openid-configuration`.",
+    )
+    oidc_client_id: str | None = Field(
+        default=None, description="The gateway's client id at the OpenID Connect provider."
+    )
+    oidc_client_secret: SecretStr | None = Field(
+        default=None, description="The gateway's client secret at the OpenID Connect provider."
+    )
+
+    @property
+    def oidc_enabled(self) -> bool:
+        return self.oidc_issuer is not None
+
     @property
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.http_host}:{self.http_port}").rstrip("/")
@@ -67,10 +90,17 @@ class GatewaySettings(ServiceSettings):
     def _development_switches_only_in_dev(self) -> Self:
         enabled = [
             name
-            for name in ("dev_auth", "allow_local_repositories")
+            for name in ("allow_local_repositories",)
             if getattr(self, name) and self.env is not Environment.DEV
         ]
         if enabled:
             names = ", ".join(self.env_var(name) for name in enabled)
             raise ValueError(f"{names} can only be enabled with CKRV_ENV=dev")
+        return self
+
+    @model_validator(mode="after")
+    def _oidc_complete(self) -> Self:
+        if self.oidc_issuer is not None and not (self.oidc_client_id and self.oidc_client_secret):
+            names = f"{self.env_var('oidc_client_id')} and {self.env_var('oidc_client_secret')}"
+            raise ValueError(f"{self.env_var('oidc_issuer')} needs {names}")
         return self

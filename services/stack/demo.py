@@ -82,6 +82,25 @@ def ckrv(arguments: list[str], environment: dict[str, str]) -> str:
     return completed.stdout
 
 
+def create_demo_user(endpoints: dict[str, Any]) -> str:
+    """An account with an API token, made the way an operator makes one; returns the token."""
+    arguments = ["users", "create", "--email", "demo@example.com", "--tier", "pro", "--token"]
+    print(f"\n$ ckrv-cloud {' '.join(arguments)}", flush=True)
+    completed = subprocess.run(
+        [sys.executable, "-m", "ckrv.services.operator", *arguments],
+        env=os.environ | endpoints["environment"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    if completed.returncode != 0:
+        sys.exit(f"demo: creating the demo user failed: {completed.stderr.strip()}")
+    token = completed.stdout.split("CKRV_TOKEN): ")[1].strip()
+    print(completed.stdout.replace(token, token[:12] + "…").rstrip())
+    return token
+
+
 def use_the_stack(endpoints: dict[str, Any], workdir: Path) -> None:
     gateway = endpoints["services"]["gateway"]["url"]
     print(f"\ngateway readiness: {httpx.get(f'{gateway}/readyz').json()}")
@@ -89,7 +108,7 @@ def use_the_stack(endpoints: dict[str, Any], workdir: Path) -> None:
     spec.write_text(DEMO_SPEC)
     environment = os.environ | {
         "CHAKRAVARTI_API_URL": f"{gateway}/v1",
-        "CHAKRAVARTI_TOKEN": "dev:demo@example.com:pro",
+        "CHAKRAVARTI_TOKEN": create_demo_user(endpoints),
     }
     job_id = ckrv(
         ["run", "--cloud", str(spec), "--repo", DEMO_REPOSITORY, "--base-branch", "main", "-q"],

@@ -11,10 +11,8 @@ from ckrv.services.stack.postgres_server import PostgresServer
 from ckrv.services.stack.process import Supervised, answers_ok, find_executable
 from ckrv.services.stack.seaweed_server import SeaweedServer
 
-# The local stack is a development stack: sign-in by development token and jobs on local
-# repositories stay available until the real sign-in exists.
+# The local stack is a development stack: jobs may name repositories on this machine.
 DEVELOPMENT_SWITCHES = {
-    "CKRV_GATEWAY_DEV_AUTH": "true",
     "CKRV_GATEWAY_ALLOW_LOCAL_REPOSITORIES": "true",
 }
 
