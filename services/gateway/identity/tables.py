@@ -69,3 +69,14 @@ class LocalAccount(SQLModel, table=True):
     user_id: UUID = Field(primary_key=True)
     password_hash: str = Field(max_length=300)
     created_at: datetime = timestamp_field()
+
+
+class UpstreamIdentity(SQLModel, table=True):
+    """A user's account at an upstream OpenID Connect provider: (issuer, subject) → user."""
+
+    __tablename__ = "upstream_identities"
+
+    issuer: str = Field(primary_key=True, max_length=300)
+    subject: str = Field(primary_key=True, max_length=255)
+    user_id: UUID = Field(index=True)
+    created_at: datetime = timestamp_field()
