@@ -34,7 +34,7 @@ class GatewayService(Service):
         self._settings = settings
         self._nats: Client | None = None
         self._engine: AsyncEngine | None = None
-        self.app = create_app()
+        self.app = create_app(settings=settings)
 
     @property
     def context(self) -> GatewayContext:
