@@ -78,9 +78,10 @@ dt { color: var(--muted); } dd { margin: 0; }
 .account { display: flex; justify-content: space-between; align-items: center; gap: 8px;
   margin-top: 24px; padding-top: 16px; border-top: 1px solid var(--line); font-size: 13px;
   color: var(--muted); }
+.account span { overflow-wrap: anywhere; }
 .account form { margin: 0; }
 .link { width: auto; margin: 0; padding: 0; border: 0; background: none; color: var(--accent);
-  font-weight: 400; font-size: 13px; }
+  font-weight: 400; font-size: 13px; white-space: nowrap; }
 .link:hover { background: none; text-decoration: underline; }
 a { color: var(--accent); }
 footer { margin-top: 16px; font-size: 12px; color: var(--muted); }
