@@ -18,13 +18,28 @@ up *args:
 demo:
     python -m ckrv.services.stack.demo
 
-# [test] Lint, type-check, then the whole test suite against real servers.
-test: lint
+# [test] Lint, type-check, then the whole test suite against real servers (and a browser).
+test: lint browser
     pytest -q
 
 # [test] Only the tests that need no server.
 test-unit:
     pytest -q -m "not integration and not e2e"
+
+# [setup] Debian's Chromium for the browser tests (Playwright drives /usr/bin/chromium); idempotent.
+browser:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    [ -x /usr/bin/chromium ] && exit 0
+    if ! command -v apt-get >/dev/null; then
+        echo "browser: no /usr/bin/chromium and no apt-get to install it; install Chromium there" >&2
+        exit 1
+    fi
+    sudo=""
+    if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+    echo "browser: installing Debian's chromium ..." >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
 
 # [quality] ruff (lint and format check), mypy --strict, and the generated contracts are current.
 lint:
