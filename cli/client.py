@@ -3,6 +3,10 @@
 Every failure leaves here as a `CloudError`: the service's JSON error bodies keep
 their code, message and extra fields; a connection that cannot be made, a
 timeout, or an answer outside the contract get the client's own codes.
+
+Requests carry the bearer token of the command (see `config`); the sign-in
+endpoints under `/auth` carry none. When the service refuses a token that can be
+renewed (a stored login's), the request is sent once more with the new one.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Self, TypeVar
 from urllib.parse import quote
@@ -17,13 +22,26 @@ from urllib.parse import quote
 import httpx
 from pydantic import ValidationError
 
-from ckrv.cli.config import API_URL_VARIABLE, TIMEOUT_VARIABLE, Settings, resolve_token
-from ckrv.cli.errors import CloudError
-from ckrv.cli.models import ApiModel, Job, JobPage, User
+from ckrv.cli.config import (
+    API_URL_VARIABLE,
+    TIMEOUT_VARIABLE,
+    BearerToken,
+    LoginToken,
+    Settings,
+    StaticToken,
+    StoredLoginProvider,
+    resolve_token,
+    token_from_environment,
+)
+from ckrv.cli.credentials import StoredLogin, open_credential_store
+from ckrv.cli.errors import CloudError, SessionEndedError
+from ckrv.cli.models import ApiModel, DeviceAuthorization, Job, JobPage, TokenPair, User
+from ckrv.cli.profiles import login_command
 
 ModelT = TypeVar("ModelT", bound=ApiModel)
 
 RETRY_DELAY_SECONDS = 0.5
+DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 _ERROR_BODY_SNIPPET = 200
 
 
@@ -40,34 +58,52 @@ def new_idempotency_key() -> str:
 
 
 class CloudClient:
-    """A session with the API at `settings.api_url`, authenticated by a bearer token."""
+    """A session with the API at `settings.api_url`, authenticated by a bearer token.
+
+    Without a token only the sign-in endpoints (`/auth/...`) can be called.
+    """
 
     def __init__(
         self,
         settings: Settings,
-        token: str,
+        token: str | BearerToken | None,
         *,
         log: Callable[[str], None] | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.settings = settings
+        self.token: BearerToken | None = (
+            StaticToken(token, "argument") if isinstance(token, str) else token
+        )
         self._log = log
         self._http = httpx.Client(
             base_url=settings.api_url + "/",
             timeout=settings.timeout,
-            headers={
-                "Authorization": f"Bearer {token}",
-                "Accept": "application/json",
-                "User-Agent": f"ckrv/{_client_version()}",
-            },
+            headers={"Accept": "application/json", "User-Agent": f"ckrv/{_client_version()}"},
             transport=transport,
         )
 
     @classmethod
-    def from_environment(cls, *, log: Callable[[str], None] | None = None) -> Self:
-        """Settings and token from the environment; `ConfigError` if either is missing."""
-        settings = Settings.from_env()
-        return cls(settings, resolve_token(), log=log)
+    def from_environment(
+        cls, *, profile: str | None = None, log: Callable[[str], None] | None = None
+    ) -> Self:
+        """Settings and token from the environment and the profile's stored login.
+
+        `ConfigError` if a setting is malformed or there is no token at all.
+        """
+        settings = Settings.from_env(profile=profile)
+        token = resolve_token(
+            [
+                token_from_environment,
+                StoredLoginProvider(
+                    settings, open_credential_store, partial(refresh_login, log=log), log=log
+                ),
+            ],
+            settings.profile,
+        )
+        if isinstance(token, LoginToken):
+            settings = token.settings
+        return cls(settings, token, log=log)
 
     def __enter__(self) -> Self:
         return self
@@ -129,7 +165,79 @@ class CloudClient:
         path = "users/me"
         return self._model(User, self._request("GET", path, idempotent=True), "GET", path)
 
+    # Sign-in endpoints: no bearer token; the client id says which client asks.
+
+    def start_device_authorization(self) -> DeviceAuthorization:
+        """`POST /auth/device`: a device code to poll with and a user code to approve."""
+        path = "auth/device"
+        body = self._request(
+            "POST", path, json={"client_id": self.settings.client_id}, idempotent=True, auth=False
+        )
+        return self._model(DeviceAuthorization, body, "POST", path)
+
+    def exchange_device_code(self, device_code: str) -> TokenPair:
+        """`POST /auth/token` with the device code grant: tokens once the user approved.
+
+        Until then a `CloudError` with the RFC 8628 code: `authorization_pending`,
+        `slow_down`, `access_denied` or `expired_token`.
+        """
+        path = "auth/token"
+        body = self._request(
+            "POST",
+            path,
+            json={
+                "grant_type": DEVICE_CODE_GRANT,
+                "device_code": device_code,
+                "client_id": self.settings.client_id,
+            },
+            # Tokens are issued once per device code: a lost answer would be lost tokens
+            # either way, and asking again only costs a pending or expired answer.
+            idempotent=True,
+            auth=False,
+        )
+        return self._model(TokenPair, body, "POST", path)
+
+    def refresh_tokens(self, refresh_token: str) -> TokenPair:
+        """`POST /auth/refresh`: new tokens; the refresh token rotates, so keep the new one.
+
+        `invalid_grant` (400) when the refresh token is revoked, used already or expired.
+        """
+        path = "auth/refresh"
+        body = self._request(
+            "POST",
+            path,
+            json={
+                "grant_type": "refresh_token",
+                "refresh_token": refresh_token,
+                "client_id": self.settings.client_id,
+            },
+            # Never resent once it may have arrived: the service would see the old refresh
+            # token used twice and end the session.
+            idempotent=False,
+            auth=False,
+        )
+        return self._model(TokenPair, body, "POST", path)
+
+    def revoke_refresh_token(self, refresh_token: str) -> None:
+        """`POST /auth/revoke` (RFC 7009): the session of `refresh_token` ends."""
+        self._request(
+            "POST",
+            "auth/revoke",
+            json={
+                "token": refresh_token,
+                "token_type_hint": "refresh_token",
+                "client_id": self.settings.client_id,
+            },
+            idempotent=True,
+            auth=False,
+            decode=False,
+        )
+
     # Transport
+
+    @property
+    def _api_url_variable(self) -> str:
+        return self.settings.api_url_variable or API_URL_VARIABLE
 
     def _url(self, path: str) -> str:
         return f"{self.settings.api_url}/{path}"
@@ -147,7 +255,48 @@ class CloudClient:
         params: Mapping[str, str | int] | None = None,
         headers: Mapping[str, str] | None = None,
         idempotent: bool,
+        auth: bool = True,
+        decode: bool = True,
     ) -> Any:
+        """The decoded answer to a request; `CloudError` for anything but success.
+
+        A request the service refused with 401 is sent once more if the token renews.
+        """
+        if not auth:
+            response = self._send(method, path, json, params, headers, idempotent=idempotent)
+        else:
+            if self.token is None:
+                raise AssertionError(f"{method} {path} needs a bearer token")  # pragma: no cover
+            token = self.token.value()
+            response = self._send(
+                method, path, json, params, _with_bearer(headers, token), idempotent=idempotent
+            )
+            if response.status_code == httpx.codes.UNAUTHORIZED:
+                renewed = self.token.renew(token)
+                if renewed is not None:
+                    self._debug("the access token was refused; sending again with a renewed one")
+                    response = self._send(
+                        method,
+                        path,
+                        json,
+                        params,
+                        _with_bearer(headers, renewed),
+                        idempotent=idempotent,
+                    )
+        if not response.is_success:
+            raise error_from_response(response)
+        return self._decode(response) if decode else None
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        json: Mapping[str, Any] | None,
+        params: Mapping[str, str | int] | None,
+        headers: Mapping[str, str] | None,
+        *,
+        idempotent: bool,
+    ) -> httpx.Response:
         """Send once, and a second time after a connection failure when that cannot duplicate.
 
         A refused or timed-out connect never reached the service, so it is always retried;
@@ -187,9 +336,7 @@ class CloudClient:
             self._debug(
                 f"HTTP {method} {response.url} -> {response.status_code} ({elapsed_ms:.0f} ms)"
             )
-            if response.is_success:
-                return self._decode(response)
-            raise error_from_response(response)
+            return response
         raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
 
     def _unreachable(self, url: str, error: Exception) -> CloudError:
@@ -197,7 +344,7 @@ class CloudClient:
             "unreachable",
             f"could not reach Chakravarti Cloud at {url}: {_reason(error)}",
             hint=(
-                f"Check {API_URL_VARIABLE} (now {self.settings.api_url}) and your network. "
+                f"Check {self._api_url_variable} (now {self.settings.api_url}) and your network. "
                 "To run the service locally, start the local stack with `ckrv-cloud up`."
             ),
         )
@@ -219,8 +366,50 @@ class CloudClient:
             raise CloudError(
                 "bad_response",
                 f"unexpected answer to {method} {self._url(path)}: {problems}",
-                hint=f"Is {API_URL_VARIABLE} ({self.settings.api_url}) a Chakravarti Cloud API?",
+                hint=f"Is {self._api_url_variable} ({self.settings.api_url}) a Chakravarti Cloud "
+                "API?",
             ) from error
+
+
+def _with_bearer(headers: Mapping[str, str] | None, token: str) -> dict[str, str]:
+    return {**(headers or {}), "Authorization": f"Bearer {token}"}
+
+
+def refresh_login(
+    settings: Settings, login: StoredLogin, *, log: Callable[[str], None] | None = None
+) -> StoredLogin:
+    """`login` with new tokens from `POST /auth/refresh` (the `config.Refresh` of the CLI)."""
+    with CloudClient(settings, None, log=log) as client:
+        try:
+            tokens = client.refresh_tokens(login.refresh_token)
+        except CloudError as error:
+            if error.code == "invalid_grant":
+                raise SessionEndedError(login_command(settings.profile)) from None
+            raise
+    return login_from_tokens(login.api_url, tokens, email=login.email, previous=login)
+
+
+def login_from_tokens(
+    api_url: str,
+    tokens: TokenPair,
+    *,
+    email: str | None = None,
+    previous: StoredLogin | None = None,
+) -> StoredLogin:
+    """What to store after the service issued `tokens`."""
+    refresh_token = tokens.refresh_token or (previous.refresh_token if previous else None)
+    if not refresh_token:
+        raise CloudError(
+            "bad_response",
+            f"the tokens from {api_url} have no refresh token, so this login could not last",
+        )
+    return StoredLogin(
+        api_url=api_url,
+        access_token=tokens.access_token,
+        access_token_expires_at=tokens.expires_at(),
+        refresh_token=refresh_token,
+        email=email,
+    )
 
 
 def _reason(error: Exception) -> str:

@@ -42,12 +42,19 @@ class UsageError(CliError):
 
 
 class ConfigError(CliError):
-    """A missing or malformed setting such as CHAKRAVARTI_API_URL or CHAKRAVARTI_TOKEN (exit 1)."""
+    """A missing or malformed setting such as CKRV_API_URL, or no credentials at all (exit 1)."""
 
     def __init__(
         self, message: str, *, code: str = "config_error", hint: str | None = None
     ) -> None:
         super().__init__(message, code=code, hint=hint)
+
+
+class SessionEndedError(CliError):
+    """The service no longer accepts the stored login's refresh token (exit 1)."""
+
+    def __init__(self, login_command: str) -> None:
+        super().__init__(f"your session has ended; run `{login_command}`", code="session_ended")
 
 
 class CloudError(CliError):

@@ -7,10 +7,10 @@ keeps the JSON body it was read from, which `--json` prints unchanged.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, PrivateAttr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "timeout", "cancelled"})
 JOB_STATUSES = ("pending", "running", "succeeded", "failed", "timeout", "cancelled")
@@ -88,3 +88,29 @@ class User(ApiModel):
     subscription_tier: str
     job_quota_remaining: int
     billing_cycle_end: Timestamp | None = None
+
+
+class DeviceAuthorization(ApiModel):
+    """`POST /auth/device`: what the user enters where, and how the CLI polls (RFC 8628 §3.2)."""
+
+    device_code: str
+    user_code: str
+    verification_uri: str
+    verification_uri_complete: str | None = None
+    expires_in: Annotated[float, Field(gt=0)]
+    """Seconds the codes stay valid."""
+    interval: float | None = None
+    """Seconds between polls; the RFC's default of 5 when absent."""
+
+
+class TokenPair(ApiModel):
+    """`POST /auth/token` and `/auth/refresh`: an access token, and a refresh token for the next."""
+
+    access_token: Annotated[str, Field(min_length=1)]
+    refresh_token: str | None = None
+    token_type: Annotated[str, Field(pattern=r"(?i)^bearer$")]
+    expires_in: Annotated[float, Field(gt=0)]
+    """Seconds the access token is valid."""
+
+    def expires_at(self, now: datetime | None = None) -> datetime:
+        return (now or datetime.now(UTC)) + timedelta(seconds=self.expires_in)

@@ -1,4 +1,4 @@
-"""The flags every command takes: `--json`, `-q/--quiet`, `-v/--verbose`.
+"""The flags every command takes: `--json`, `-q/--quiet`, `-v/--verbose`, `--profile`.
 
 They are accepted before the command (`ckrv --json jobs`) and after it
 (`ckrv jobs --json`); the root app merges the two.
@@ -28,14 +28,18 @@ class CommonOptions:
     verbose: Annotated[bool, Parameter(alias="-v", negative="")] = False
     """Print diagnostics on stderr, such as each HTTP request and its status."""
 
+    profile: str | None = None
+    """Which stored login to use, by name (default: CKRV_PROFILE, else "default")."""
+
     def merged(self, other: CommonOptions | None) -> CommonOptions:
-        """A flag given in either place is on."""
+        """A flag given in either place is on; a profile after the command wins."""
         if other is None:
             return self
         return CommonOptions(
             json=self.json or other.json,
             quiet=self.quiet or other.quiet,
             verbose=self.verbose or other.verbose,
+            profile=other.profile or self.profile,
         )
 
     def output(self) -> Output:

@@ -47,7 +47,7 @@ def jobs(
         Every job, following the pages to the end.
     """
     out = options.output()
-    with CloudClient.from_environment(log=out.debug) as client:
+    with CloudClient.from_environment(profile=options.profile, log=out.debug) as client:
         page = client.list_jobs(status=status, limit=limit)
         listed = list(page.jobs)
         next_cursor = page.next_cursor
@@ -76,7 +76,7 @@ def status(job_id: JobRef, /, *, options: CommonOptions = DEFAULT_OPTIONS) -> No
     """Show a job's status, progress and outcome."""
     out = options.output()
     ref = parse_job_ref(job_id)
-    with CloudClient.from_environment(log=out.debug) as client:
+    with CloudClient.from_environment(profile=options.profile, log=out.debug) as client:
         job = client.get_job(resolve_job_id(client, ref))
     if out.json:
         out.data(job.body)
@@ -96,7 +96,7 @@ def cancel(job_id: JobRef, /, *, options: CommonOptions = DEFAULT_OPTIONS) -> No
     """Cancel a job that has not finished yet."""
     out = options.output()
     ref = parse_job_ref(job_id)
-    with CloudClient.from_environment(log=out.debug) as client:
+    with CloudClient.from_environment(profile=options.profile, log=out.debug) as client:
         job = client.cancel_job(resolve_job_id(client, ref))
     if out.json:
         out.data(job.body)

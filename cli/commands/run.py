@@ -63,7 +63,7 @@ def run(
         raise UsageError("--base-branch is empty")
     warn_if_not_pushed(out, cwd, repo_url, branch, repo_given=repo is not None)
 
-    with CloudClient.from_environment(log=out.debug) as client:
+    with CloudClient.from_environment(profile=options.profile, log=out.debug) as client:
         job = client.create_job(
             spec_content=spec_content,
             git_repo_url=repo_url,

@@ -53,10 +53,13 @@ class User:
         self.email = self.email or f"cli-{uuid.uuid4().hex[:12]}@example.com"
 
     def ckrv(self, *args: str, cwd: Path | None = None) -> Completed:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CHAKRAVARTI_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAKRAVARTI_", "CKRV_"))}
         env |= {
             "CHAKRAVARTI_API_URL": self.gateway.api_url,
             "CHAKRAVARTI_TOKEN": self.gateway.token(self.email, self.tier),
+            # No login stored on the machine running the tests is ever read.
+            "XDG_CONFIG_HOME": str(self.workdir / ".config"),
+            "CKRV_CREDENTIAL_STORE": "file",
         }
         completed = subprocess.run(
             [sys.executable, "-m", "ckrv.cli.app", *args],

@@ -11,6 +11,7 @@ import pytest
 
 from ckrv.cli import client as client_module
 from ckrv.cli.app import main
+from ckrv.cli.credentials import EncryptedFileStore, config_dir
 from tests.unit.cli.bodies import TOKEN
 from tests.unit.cli.contract_server import ContractServer, RunningContractServer
 from tests.unit.cli.git_repos import Clone, isolate_git, make_clone
@@ -27,11 +28,17 @@ CliRunner = Callable[..., CliResult]
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No CHAKRAVARTI_* setting of the machine running the tests leaks in; retries are instant."""
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No CKRV_*/CHAKRAVARTI_* setting or stored login of the machine running the tests leaks in.
+
+    Credentials go to an encrypted file under the test's own XDG_CONFIG_HOME, never
+    to the machine's keyring; connection retries are instant.
+    """
     for name in list(os.environ):
-        if name.startswith("CHAKRAVARTI_"):
+        if name.startswith(("CHAKRAVARTI_", "CKRV_")):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("CKRV_CREDENTIAL_STORE", "file")
     monkeypatch.setattr(client_module, "RETRY_DELAY_SECONDS", 0.0)
 
 
@@ -44,6 +51,22 @@ def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[ContractServer]:
     monkeypatch.setenv("CHAKRAVARTI_TIMEOUT", "5")
     yield running.server
     running.stop()
+
+
+@pytest.fixture
+def service(monkeypatch: pytest.MonkeyPatch) -> Iterator[ContractServer]:
+    """The contract server, with the CLI pointed at it by CKRV_API_URL and not signed in."""
+    running = RunningContractServer()
+    monkeypatch.setenv("CKRV_API_URL", running.server.api_url)
+    monkeypatch.setenv("CHAKRAVARTI_TIMEOUT", "5")
+    yield running.server
+    running.stop()
+
+
+@pytest.fixture
+def credentials() -> EncryptedFileStore:
+    """The store the CLI keeps logins in during these tests: files under XDG_CONFIG_HOME."""
+    return EncryptedFileStore(config_dir())
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ gateway is driven by tests/e2e/cli/.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections import defaultdict, deque
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.unit.cli.bodies import device_body
 
 API_PREFIX = "/v1"
 
@@ -39,6 +42,8 @@ class Received:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: Any
+    at: float = field(default_factory=time.monotonic)
+    """When it arrived (`time.monotonic()`)."""
 
 
 @dataclass
@@ -61,6 +66,15 @@ class ContractServer:
         with self._lock:
             self._replies[(method, API_PREFIX + path)].extend(replies)
 
+    def device_flow(self, *token_replies: Reply, interval: float, expires_in: float) -> None:
+        """Script a device authorization: `POST /auth/device`, then `token_replies` to the polls."""
+        self.reply(
+            "POST",
+            "/auth/device",
+            Reply(200, device_body(interval=interval, expires_in=expires_in)),
+        )
+        self.reply("POST", "/auth/token", *token_replies)
+
     def requests_to(self, method: str, path: str) -> list[Received]:
         with self._lock:
             return [r for r in self.received if (r.method, r.path) == (method, API_PREFIX + path)]
@@ -77,6 +91,12 @@ class ContractServer:
 def _handler(server: ContractServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            # Headers and body go out in separate writes: without this, Nagle's algorithm
+            # holds the body of every keep-alive answer ~40 ms for the client's delayed ACK.
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def do_GET(self) -> None:
             self._answer()

@@ -249,7 +249,7 @@ def test_a_service_that_is_not_there_is_unreachable(log: list[str]) -> None:
     assert (error.code, error.http_status, error.exit_code) == ("unreachable", None, 2)
     assert error.message.startswith(f"could not reach Chakravarti Cloud at {api_url}/jobs")
     assert error.hint is not None
-    assert "CHAKRAVARTI_API_URL" in error.hint
+    assert "CKRV_API_URL" in error.hint
     assert "ckrv-cloud up" in error.hint
     # A refused connection never reached the service: tried twice.
     assert len([line for line in log if "no connection" in line]) == 2

@@ -1,4 +1,4 @@
-"""Settings from the environment and the bearer token's resolution."""
+"""Settings from the environment; the bearer token's chain is in test_cli_login_tokens."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ from ckrv.cli.config import (
     DEFAULT_API_URL,
     DEFAULT_TIMEOUT_SECONDS,
     Settings,
-    resolve_token,
-    token_from_environment,
 )
 from ckrv.cli.errors import EXIT_USER_ERROR, ConfigError
 
@@ -24,11 +22,35 @@ def test_api_url_and_timeout_are_read_and_normalised() -> None:
     settings = Settings.from_env(
         {"CHAKRAVARTI_API_URL": " https://api.ckrv.dev/v1/ ", "CHAKRAVARTI_TIMEOUT": "2.5"}
     )
-    assert settings == Settings(api_url="https://api.ckrv.dev/v1", timeout=2.5)
+    assert (settings.api_url, settings.timeout) == ("https://api.ckrv.dev/v1", 2.5)
+    assert settings.api_url_variable == "CHAKRAVARTI_API_URL"
+
+
+def test_ckrv_api_url_wins_over_the_open_source_clients_variable() -> None:
+    settings = Settings.from_env(
+        {"CKRV_API_URL": "https://a.example/v1", "CHAKRAVARTI_API_URL": "https://b.example/v1"}
+    )
+    assert (settings.api_url, settings.api_url_variable) == ("https://a.example/v1", "CKRV_API_URL")
+    with pytest.raises(ConfigError, match="CKRV_API_URL must be an http"):
+        Settings.from_env({"CKRV_API_URL": "nowhere"})
+
+
+def test_client_id_and_profile() -> None:
+    assert (Settings.from_env({}).client_id, Settings.from_env({}).profile) == (
+        "ckrv-cli",
+        "default",
+    )
+    env = {"CHAKRAVARTI_CLIENT_ID": "ckrv-ci", "CKRV_PROFILE": "work"}
+    assert (Settings.from_env(env).client_id, Settings.from_env(env).profile) == ("ckrv-ci", "work")
+    assert Settings.from_env(env, profile="home").profile == "home"
+    with pytest.raises(ConfigError, match="is not a profile name"):
+        Settings.from_env({"CKRV_PROFILE": "../etc"})
 
 
 def test_blank_variables_fall_back_to_the_defaults() -> None:
-    settings = Settings.from_env({"CHAKRAVARTI_API_URL": "  ", "CHAKRAVARTI_TIMEOUT": ""})
+    settings = Settings.from_env(
+        {"CKRV_API_URL": " ", "CHAKRAVARTI_API_URL": "  ", "CHAKRAVARTI_TIMEOUT": ""}
+    )
     assert settings == Settings(api_url=DEFAULT_API_URL, timeout=DEFAULT_TIMEOUT_SECONDS)
 
 
@@ -43,38 +65,3 @@ def test_an_api_url_that_is_not_http_is_refused(url: str) -> None:
 def test_a_timeout_that_is_not_a_positive_number_is_refused(timeout: str) -> None:
     with pytest.raises(ConfigError, match="CHAKRAVARTI_TIMEOUT must be a positive number"):
         Settings.from_env({"CHAKRAVARTI_TIMEOUT": timeout})
-
-
-def test_the_token_comes_from_the_environment() -> None:
-    assert token_from_environment({"CHAKRAVARTI_TOKEN": " abc "}) == "abc"
-    assert token_from_environment({"CHAKRAVARTI_TOKEN": "  "}) is None
-    assert token_from_environment({}) is None
-
-
-def test_the_first_provider_with_a_token_wins() -> None:
-    asked: list[str] = []
-
-    def keyring() -> str | None:
-        asked.append("keyring")
-        return None
-
-    def environment() -> str | None:
-        asked.append("environment")
-        return "from-env"
-
-    def never() -> str | None:
-        raise AssertionError("asked after a token was found")
-
-    assert resolve_token([keyring, environment, never]) == "from-env"
-    assert asked == ["keyring", "environment"]
-
-
-def test_without_a_token_the_error_says_how_to_get_one() -> None:
-    with pytest.raises(ConfigError) as raised:
-        resolve_token([lambda: None])
-    error = raised.value
-    assert error.code == "not_authenticated"
-    assert error.exit_code == EXIT_USER_ERROR
-    assert error.hint is not None
-    assert "CHAKRAVARTI_TOKEN" in error.hint
-    assert "ckrv cloud login" in error.hint
