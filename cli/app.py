@@ -21,6 +21,7 @@ from typing import Annotated
 import cyclopts
 from cyclopts import Parameter
 
+from ckrv.cli.commands.cloud import cloud
 from ckrv.cli.commands.jobs import cancel, jobs, status
 from ckrv.cli.commands.run import run
 from ckrv.cli.errors import (
@@ -46,8 +47,12 @@ app = cyclopts.App(
     help="Chakravarti: run spec-driven coding-agent jobs on Chakravarti Cloud.",
     version=_version,
     help_epilogue=(
-        "Environment: CHAKRAVARTI_API_URL (default http://127.0.0.1:8080/v1, the local stack), "
-        "CHAKRAVARTI_TOKEN (your access token), CHAKRAVARTI_TIMEOUT (seconds, default 30). "
+        "Log in with `ckrv cloud login`. Environment: CKRV_API_URL (or CHAKRAVARTI_API_URL; "
+        "default http://127.0.0.1:8080/v1, the local stack), CKRV_TOKEN (or "
+        "CHAKRAVARTI_TOKEN: an API token for scripts and CI, used instead of the login), "
+        'CKRV_PROFILE (which stored login to use; default "default"), CKRV_CREDENTIAL_STORE '
+        "(file or keyring; default: the keyring if the system has one), CHAKRAVARTI_TIMEOUT "
+        "(seconds, default 30). "
         "Exit codes: 0 ok, 1 a problem with your input or request, 2 a problem with the "
         "service or the network, 130 interrupted."
     ),
@@ -58,6 +63,7 @@ app.command(run)
 app.command(jobs)
 app.command(status)
 app.command(cancel)
+app.command(cloud)
 
 
 @app.meta.default

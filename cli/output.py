@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn, TextIO
@@ -123,3 +124,44 @@ def exit_with_error(
         for line in hints:
             print(line, file=output.stderr)
     raise SystemExit(code)
+
+
+class Spinner:
+    """A line on a terminal that turns while the command waits; silent elsewhere.
+
+    Use `wait(seconds)` instead of `time.sleep`, and `clear()` when done, so the
+    next output starts on a clean line.
+    """
+
+    FRAME_SECONDS = 0.1
+
+    def __init__(self, text: str, stream: TextIO, *, enabled: bool) -> None:
+        self.text = text
+        self.stream = stream
+        self.enabled = enabled
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        self._frames = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏" if encoding == "utf8" else "|/-\\"
+        self._frame = 0
+        self._drawn = False
+
+    def wait(self, seconds: float) -> None:
+        if not self.enabled:
+            time.sleep(seconds)
+            return
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            self._draw()
+            time.sleep(min(self.FRAME_SECONDS, left))
+
+    def clear(self) -> None:
+        if self._drawn:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self._drawn = False
+
+    def _draw(self) -> None:
+        frame = self._frames[self._frame % len(self._frames)]
+        self._frame += 1
+        self.stream.write(f"\r{frame} {self.text}")
+        self.stream.flush()
+        self._drawn = True

@@ -8,10 +8,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.unit.cli.bodies import JOB_ID, TOKEN, job_body
+from tests.unit.cli.bodies import JOB_ID, TOKEN, USER_CODE, job_body, oauth_error
 from tests.unit.cli.contract_server import ContractServer, Reply, RunningContractServer
 
 CLI = [sys.executable, "-m", "ckrv.cli.app"]
@@ -24,9 +25,19 @@ def server() -> Iterator[ContractServer]:
     running.stop()
 
 
-def cli_env(server: ContractServer) -> dict[str, str]:
-    env = {name: value for name, value in os.environ.items() if not name.startswith("CHAKRAVARTI")}
-    return env | {"CHAKRAVARTI_API_URL": server.api_url, "CHAKRAVARTI_TOKEN": TOKEN}
+def cli_env(server: ContractServer, config_home: Path | None = None) -> dict[str, str]:
+    """The CLI's environment: the contract server, an API token, and no stored login."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("CHAKRAVARTI", "CKRV_"))
+    }
+    return env | {
+        "CHAKRAVARTI_API_URL": server.api_url,
+        "CHAKRAVARTI_TOKEN": TOKEN,
+        "XDG_CONFIG_HOME": str(config_home or "/nonexistent/ckrv-tests"),
+        "CKRV_CREDENTIAL_STORE": "file",
+    }
 
 
 def test_the_cli_imports_nothing_of_the_server_extras() -> None:
@@ -84,6 +95,33 @@ def test_ctrl_c_exits_130_without_a_traceback(server: ContractServer) -> None:
     assert process.returncode == 130
     assert stderr == "Error: interrupted\n"
     assert stdout == ""
+
+
+def test_ctrl_c_while_waiting_for_approval_exits_130_and_stores_nothing(
+    server: ContractServer, tmp_path: Path
+) -> None:
+    server.device_flow(
+        Reply(400, oauth_error("authorization_pending")), interval=0.05, expires_in=60
+    )
+    env = cli_env(server, tmp_path)
+    process = subprocess.Popen(
+        [*CLI, "cloud", "login", "--no-browser"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + 30
+    while len(server.requests_to("POST", "/auth/token")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.requests_to("POST", "/auth/token"), "the CLI never polled"
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert USER_CODE in stdout
+    assert stderr.endswith("Error: interrupted\n")
+    assert "Traceback" not in stderr
+    assert list(tmp_path.rglob("*")) == []
 
 
 def test_a_closed_stdout_ends_quietly(server: ContractServer) -> None:
