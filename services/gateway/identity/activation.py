@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import httpx
 from authlib.integrations.starlette_client import OAuthError
@@ -198,7 +199,8 @@ def _sign_in(
     status_code: int = 200,
 ) -> HTMLResponse:
     settings = context.settings
-    upstream = settings.oidc_issuer.removeprefix("https://") if settings.oidc_issuer else None
+    # Named by its host: "Sign in with login.example.com".
+    upstream = urlsplit(settings.oidc_issuer).netloc if settings.oidc_issuer else None
     return _html(
         pages.sign_in_page(
             csrf_token=visitor.session.csrf_token,
