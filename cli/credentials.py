@@ -100,6 +100,8 @@ class StoredLogin:
         for value in (login.api_url, login.access_token, login.refresh_token):
             if not isinstance(value, str) or not value:
                 raise ValueError("a login record with an empty or non-text field")
+        if login.email is not None and not isinstance(login.email, str):
+            raise ValueError("a login record whose email is not text")
         return login
 
 
