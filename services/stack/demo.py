@@ -106,9 +106,13 @@ def use_the_stack(endpoints: dict[str, Any], workdir: Path) -> None:
     print(f"\ngateway readiness: {httpx.get(f'{gateway}/readyz').json()}")
     spec = workdir / "add-health-endpoint.yaml"
     spec.write_text(DEMO_SPEC)
+    token = create_demo_user(endpoints)
+    # Both spellings, so a token or URL left in the developer's shell cannot take over.
     environment = os.environ | {
+        "CKRV_API_URL": f"{gateway}/v1",
         "CHAKRAVARTI_API_URL": f"{gateway}/v1",
-        "CHAKRAVARTI_TOKEN": create_demo_user(endpoints),
+        "CKRV_TOKEN": token,
+        "CHAKRAVARTI_TOKEN": token,
     }
     job_id = ckrv(
         ["run", "--cloud", str(spec), "--repo", DEMO_REPOSITORY, "--base-branch", "main", "-q"],
@@ -119,7 +123,7 @@ def use_the_stack(endpoints: dict[str, Any], workdir: Path) -> None:
 
     events = httpx.get(
         f"{gateway}/v1/jobs/{job_id}/events",
-        headers={"Authorization": f"Bearer {environment['CHAKRAVARTI_TOKEN']}"},
+        headers={"Authorization": f"Bearer {token}"},
     ).json()["events"]
     print("\nthe job's events on JOBS:")
     for event in events:
