@@ -59,6 +59,8 @@ def test_production_with_explicit_values_is_accepted(monkeypatch: pytest.MonkeyP
 
 
 def test_service_settings_use_their_own_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The gateway has development defaults (public URL, keys, session secret): dev allows them.
+    monkeypatch.setenv("CKRV_ENV", "dev")
     monkeypatch.setenv("CKRV_GATEWAY_HTTP_PORT", "9123")
     monkeypatch.setenv("CKRV_HTTP_PORT", "1")
     assert GatewaySettings().http_port == 9123
