@@ -21,8 +21,17 @@ def async_database_url(url: str) -> str:
     return url
 
 
+# Connections older than this are replaced when next checked out (PostgreSQL and proxies
+# may drop idle ones). A connection PostgreSQL dropped otherwise fails one statement, and
+# SQLAlchemy then replaces every connection of the pool opened before it.
+POOL_RECYCLE_SECONDS = 600
+
+
 def create_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
-    return create_async_engine(async_database_url(url), pool_size=pool_size, pool_pre_ping=True)
+    # No pre-ping: it would cost a round trip on every checkout, several per request.
+    return create_async_engine(
+        async_database_url(url), pool_size=pool_size, pool_recycle=POOL_RECYCLE_SECONDS
+    )
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
