@@ -11,7 +11,7 @@ from uuid import UUID
 
 from fastapi import Depends, Request
 
-from ckrv.services.gateway.context import ContextDep
+from ckrv.services.gateway.context import ContextDep, SessionDep
 from ckrv.services.gateway.errors import ApiError
 from ckrv.services.gateway.identity.flows import API_TOKEN_PREFIX, api_token_owner
 from ckrv.services.gateway.identity.keys import InvalidAccessToken
@@ -32,23 +32,24 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
-async def current_user(request: Request, context: ContextDep) -> User:
+async def current_user(request: Request, context: ContextDep, session: SessionDep) -> User:
     """The user behind the bearer token (an access token or an API token).
 
     Any failure is the same 401, whatever its reason."""
     token = bearer_token(request)
-    # A session of its own, given back before the handler runs: a handler that opens
+    # The request's session, which the handler goes on using. Its connection is given back
+    # before the handler runs (closing detaches the user from it): a handler that opens
     # sessions must not find the pool taken by requests each holding one already.
-    async with context.sessions() as session:
-        if token.startswith(API_TOKEN_PREFIX):
-            async with session.begin():
-                user_id = await api_token_owner(session, token)
-        else:
-            try:
-                user_id = context.keys.verify(token).user_id
-            except InvalidAccessToken:
-                user_id = None
-        user = await session.get(User, user_id) if user_id is not None else None
+    if token.startswith(API_TOKEN_PREFIX):
+        async with session.begin():
+            user_id = await api_token_owner(session, token)
+    else:
+        try:
+            user_id = context.keys.verify(token).user_id
+        except InvalidAccessToken:
+            user_id = None
+    user = await session.get(User, user_id) if user_id is not None else None
+    await session.close()
     if user is None:
         raise _unauthorized("the token is not valid or has expired; run `ckrv cloud login`")
     return user

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ckrv.events.store import JobEventStore
 from ckrv.services.gateway.identity.flows import IdentityPolicy
 from ckrv.services.gateway.identity.keys import SigningKeys
+from ckrv.services.gateway.outbox import PublishedMarks
 from ckrv.services.gateway.settings import GatewaySettings
 
 
@@ -24,9 +25,12 @@ class GatewayContext:
     store: JobEventStore
     keys: SigningKeys
     identity: IdentityPolicy
+    # Marks submissions' events published in batches; without it each is marked at once.
+    published: PublishedMarks | None = None
 
 
-def _context(request: Request) -> GatewayContext:
+# A coroutine, not a plain function: FastAPI would run that in a worker thread each time.
+async def _context(request: Request) -> GatewayContext:
     context: GatewayContext = request.app.state.context
     return context
 

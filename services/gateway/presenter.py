@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -17,26 +17,37 @@ from ckrv.services.gateway.tables import JobRecord
 ESTIMATE_SAMPLE = 5
 
 
+def _typical_duration() -> Select[timedelta | None]:
+    recent = (
+        select((col(JobRecord.completed_at) - col(JobRecord.started_at)).label("took"))
+        .where(
+            col(JobRecord.user_id) == bindparam("user_id"),
+            col(JobRecord.git_repo_url) == bindparam("repository"),
+            col(JobRecord.status) == JobStatus.SUCCEEDED.value,
+            col(JobRecord.started_at).is_not(None),
+            col(JobRecord.completed_at).is_not(None),
+        )
+        .order_by(col(JobRecord.completed_at).desc())
+        .limit(ESTIMATE_SAMPLE)
+        .subquery()
+    )
+    return select(func.avg(recent.c.took))
+
+
+# Mean run time of user `user_id`'s recent successful jobs on `repository` (NULL if none);
+# built once, as building a statement costs more than running it.
+TYPICAL_DURATION = _typical_duration()
+
+
 async def typical_durations(
     session: AsyncSession, user_id: UUID, repositories: Iterable[str]
 ) -> dict[str, timedelta]:
     """Mean run time of the owner's recent successful jobs, per repository."""
     durations: dict[str, timedelta] = {}
     for repository in set(repositories):
-        recent = (
-            select((col(JobRecord.completed_at) - col(JobRecord.started_at)).label("took"))
-            .where(
-                col(JobRecord.user_id) == user_id,
-                col(JobRecord.git_repo_url) == repository,
-                col(JobRecord.status) == JobStatus.SUCCEEDED.value,
-                col(JobRecord.started_at).is_not(None),
-                col(JobRecord.completed_at).is_not(None),
-            )
-            .order_by(col(JobRecord.completed_at).desc())
-            .limit(ESTIMATE_SAMPLE)
-            .subquery()
+        mean = await session.scalar(
+            TYPICAL_DURATION, {"user_id": user_id, "repository": repository}
         )
-        mean = await session.scalar(select(func.avg(recent.c.took)))
         if mean is not None:
             durations[repository] = mean
     return durations

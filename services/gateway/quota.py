@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -44,6 +45,20 @@ class Usage:
         )
 
 
+def _charged(user_id: Any, cycle_start: Any) -> tuple[ColumnElement[bool], ...]:
+    """The user's charges in the cycle, refunded ones left out (values or bound parameters)."""
+    return (
+        col(QuotaCharge.user_id) == user_id,
+        col(QuotaCharge.cycle_start) == cycle_start,
+        col(QuotaCharge.refunded_at).is_(None),
+    )
+
+
+# How many jobs user `user_id` is charged for in the cycle starting at `cycle_start`;
+# built once, as building a statement costs more than running it.
+CHARGED_JOBS = select(func.count()).where(*_charged(bindparam("user_id"), bindparam("cycle_start")))
+
+
 async def usage(
     session: AsyncSession, user_id: UUID, tier: SubscriptionTier, at: datetime
 ) -> Usage:
@@ -54,11 +69,7 @@ async def usage(
                 func.count(),
                 func.count().filter(col(QuotaCharge.overage)),
                 func.coalesce(func.sum(QuotaCharge.amount_cents), 0),
-            ).where(
-                col(QuotaCharge.user_id) == user_id,
-                col(QuotaCharge.cycle_start) == cycle.start,
-                col(QuotaCharge.refunded_at).is_(None),
-            )
+            ).where(*_charged(user_id, cycle.start))
         )
     ).one()
     return Usage(tier, cycle, int(charged), int(overage), int(cents))

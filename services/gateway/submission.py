@@ -17,23 +17,25 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from ckrv.events.catalog import JobSubmittedData, parse_event
+from ckrv.events.catalog import JobEvent, JobSubmittedData, parse_event
 from ckrv.events.publisher import EventPublisher
 from ckrv.events.state import SubmitJob, decide, evolve, initial_state
-from ckrv.schemas.api import JobCreate, SubscriptionTier
+from ckrv.schemas.api import JobCreate, JobPublic, SubscriptionTier
 from ckrv.schemas.git import GitInputError, validate_branch_name, validate_repository_url
 from ckrv.schemas.spec import SpecError, parse_spec
 from ckrv.services.common.credentials import credential_exists
-from ckrv.services.common.tiers import TIERS
+from ckrv.services.common.tiers import TIERS, billing_cycle
 from ckrv.services.gateway.context import GatewayContext
 from ckrv.services.gateway.errors import ApiError, validation_error
-from ckrv.services.gateway.projection import record_for
-from ckrv.services.gateway.quota import usage
+from ckrv.services.gateway.outbox import mark_published
+from ckrv.services.gateway.presenter import TYPICAL_DURATION, present, present_all
+from ckrv.services.gateway.projection import record_values
+from ckrv.services.gateway.quota import CHARGED_JOBS
 from ckrv.services.gateway.tables import (
     IdempotencyKey,
     JobRecord,
@@ -49,9 +51,32 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 255
 UNFINISHED_STATUSES = ("pending", "running")
 
 
+# The statements of an acceptance, built once: building one costs more than running it.
+_LOCK_OWNER = (
+    select(col(User.subscription_tier))
+    .where(col(User.id) == bindparam("user_id"))
+    .with_for_update()
+)
+# Jobs charged this cycle, jobs not finished, and the typical run time on the repository.
+_ACCOUNT = select(
+    CHARGED_JOBS.scalar_subquery(),
+    select(func.count())
+    .where(
+        col(JobRecord.user_id) == bindparam("user_id"),
+        col(JobRecord.status).in_(UNFINISHED_STATUSES),
+    )
+    .scalar_subquery(),
+    TYPICAL_DURATION.scalar_subquery(),
+)
+_INSERT_JOB = insert(JobRecord)
+_INSERT_OUTBOX = insert(OutboxEvent)
+_INSERT_CHARGE = insert(QuotaCharge)
+_INSERT_IDEMPOTENCY_KEY = insert(IdempotencyKey)
+
+
 @dataclass(frozen=True)
 class Submission:
-    job: JobRecord
+    job: JobPublic
     created: bool
 
 
@@ -80,89 +105,124 @@ def validated_submission(body: JobCreate, *, allow_local: bool) -> str:
 
 
 async def submit_job(
-    context: GatewayContext, user: User, body: JobCreate, idempotency_key: str | None
+    context: GatewayContext,
+    user: User,
+    body: JobCreate,
+    idempotency_key: str | None,
+    *,
+    session: AsyncSession | None = None,
 ) -> Submission:
+    """Accept the job (in `session`, the request's, or one of its own) and publish its event."""
     spec_id = validated_submission(body, allow_local=context.settings.allow_local_repositories)
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
         raise validation_error("Idempotency-Key", "must be 1 to 255 characters")
-    fingerprint = request_fingerprint(body)
+    request = _Request(
+        user_id=user.id,
+        body=body,
+        spec_id=spec_id,
+        idempotency_key=idempotency_key,
+        fingerprint=request_fingerprint(body) if idempotency_key is not None else None,
+    )
+    if session is None:
+        async with context.sessions() as own:
+            return await _submit(context, own, request)
+    return await _submit(context, session, request)
+
+
+@dataclass(frozen=True)
+class _Request:
+    user_id: UUID
+    body: JobCreate
+    spec_id: str
+    idempotency_key: str | None
+    fingerprint: str | None
+
+
+async def _submit(context: GatewayContext, session: AsyncSession, request: _Request) -> Submission:
     try:
-        submission, outbox = await _accept(
-            context,
-            user,
-            body=body,
-            spec_id=spec_id,
-            idempotency_key=idempotency_key,
-            fingerprint=fingerprint,
-        )
+        submission, event = await _accept(context, session, request)
     except IntegrityError:
         # A concurrent request with the same key won the insert: answer as its replay.
-        if idempotency_key is None:
+        if request.idempotency_key is None:
             raise
-        submission, outbox = await _accept(
-            context,
-            user,
-            body=body,
-            spec_id=spec_id,
-            idempotency_key=idempotency_key,
-            fingerprint=fingerprint,
-        )
-    if outbox is not None:
-        await publish_outbox_event(context, outbox)
+        submission, event = await _accept(context, session, request)
+    if event is not None and await _append_first_event(context, event):
+        if context.published is not None:
+            context.published.add(event.id)
+        else:
+            await mark_published(context.sessions, [event.id])
     return submission
 
 
 async def _accept(
-    context: GatewayContext,
-    user: User,
-    *,
-    body: JobCreate,
-    spec_id: str,
-    idempotency_key: str | None,
-    fingerprint: str,
-) -> tuple[Submission, OutboxEvent | None]:
+    context: GatewayContext, session: AsyncSession, request: _Request
+) -> tuple[Submission, JobEvent | None]:
     now = datetime.now(UTC)
-    async with context.sessions() as session, session.begin():
+    user_id, body = request.user_id, request.body
+    repository = body.git_repo_url.strip()
+    async with session.begin():
+        # Core statements on the connection: the ORM's bookkeeping is not needed here.
+        connection = await session.connection()
         # One submission of a user at a time: the quota check and charge cannot interleave.
-        await session.execute(select(User).where(col(User.id) == user.id).with_for_update())
-        if idempotency_key is not None:
-            replay = await _replay(session, user.id, idempotency_key, fingerprint, now)
+        tier_name = await connection.scalar(_LOCK_OWNER, {"user_id": user_id})
+        if tier_name is None:
+            raise ApiError(401, "unauthorized", "the user no longer exists")
+        if request.idempotency_key is not None:
+            assert request.fingerprint is not None
+            replay = await _replay(
+                session, user_id, request.idempotency_key, request.fingerprint, now
+            )
             if replay is not None:
-                return Submission(replay, created=False), None
+                (job,) = await present_all(session, user_id, [replay])
+                return Submission(job, created=False), None
         if body.git_credential_name is not None and not await credential_exists(
-            session, user.id, body.git_credential_name
+            session, user_id, body.git_credential_name
         ):
             raise validation_error(
                 "git_credential_name",
                 f"no stored credential named {body.git_credential_name!r}; "
                 "add it with `ckrv cloud credentials add`",
             )
-        tier = SubscriptionTier(user.subscription_tier)
+        tier = SubscriptionTier(tier_name)
         limits = TIERS[tier]
-        current = await usage(session, user.id, tier, now)
-        overage = current.charged_jobs >= limits.included_jobs
+        cycle = billing_cycle(now)
+        # Quota, unfinished jobs and the completion estimate, in one round trip.
+        charged, unfinished, typical = (
+            await connection.execute(
+                _ACCOUNT,
+                {"user_id": user_id, "cycle_start": cycle.start, "repository": repository},
+            )
+        ).one()
+        overage = charged >= limits.included_jobs
         if overage and limits.overage_cents_per_job is None:
             raise ApiError(
                 402,
                 "quota_exceeded",
                 f"the {tier} tier includes {limits.included_jobs} jobs a month, all used",
-                quota_resets_at=current.cycle.end.isoformat(),
+                quota_resets_at=cycle.end.isoformat(),
                 upgrade_url=context.settings.upgrade_url,
             )
-        await _check_unfinished_jobs(session, user.id, limits.unfinished_jobs)
+        if unfinished >= limits.unfinished_jobs:
+            raise ApiError(
+                429,
+                "concurrency_limited",
+                f"{unfinished} of your jobs are still pending or running; "
+                f"the limit is {limits.unfinished_jobs}",
+                limit=limits.unfinished_jobs,
+            )
 
         job_id = uuid4()
         (event,) = decide(
             initial_state(job_id),
             SubmitJob(
-                actor=f"user:{user.id}",
+                actor=f"user:{user_id}",
                 occurred_at=now,
                 submission=JobSubmittedData(
-                    user_id=str(user.id),
+                    user_id=str(user_id),
                     tier=tier,
-                    spec_id=spec_id,
+                    spec_id=request.spec_id,
                     spec_content=body.spec_content,
-                    git_repo_url=body.git_repo_url.strip(),
+                    git_repo_url=repository,
                     git_base_branch=body.git_base_branch,
                     git_credential_name=body.git_credential_name,
                     time_limit_seconds=limits.time_limit_seconds,
@@ -170,30 +230,42 @@ async def _accept(
                 ),
             ),
         )
-        record = record_for(evolve(initial_state(job_id), event), last_sequence=0)
-        outbox = OutboxEvent(event_id=event.id, job_id=job_id, payload=event.model_dump_json())
-        session.add(record)
-        session.add(outbox)
-        session.add(
-            QuotaCharge(
-                job_id=job_id,
-                user_id=user.id,
-                cycle_start=current.cycle.start,
-                overage=overage,
-                amount_cents=(limits.overage_cents_per_job or 0) if overage else 0,
-            )
+        values = record_values(evolve(initial_state(job_id), event), last_sequence=0)
+        await connection.execute(_INSERT_JOB, values)
+        await connection.execute(
+            _INSERT_OUTBOX,
+            {
+                "event_id": event.id,
+                "job_id": job_id,
+                "payload": event.model_dump_json(),
+                "created_at": now,
+                "attempts": 0,
+            },
         )
-        if idempotency_key is not None:
-            session.add(
-                IdempotencyKey(
-                    user_id=user.id,
-                    key=idempotency_key,
-                    request_hash=fingerprint,
-                    job_id=job_id,
-                    created_at=now,
-                )
+        await connection.execute(
+            _INSERT_CHARGE,
+            {
+                "job_id": job_id,
+                "user_id": user_id,
+                "cycle_start": cycle.start,
+                "overage": overage,
+                "amount_cents": (limits.overage_cents_per_job or 0) if overage else 0,
+                "charged_at": now,
+            },
+        )
+        if request.idempotency_key is not None:
+            await connection.execute(
+                _INSERT_IDEMPOTENCY_KEY,
+                {
+                    "user_id": user_id,
+                    "key": request.idempotency_key,
+                    "request_hash": request.fingerprint,
+                    "job_id": job_id,
+                    "created_at": now,
+                },
             )
-    return Submission(record, created=True), outbox
+    durations = {repository: typical} if typical is not None else {}
+    return Submission(present(JobRecord(**values), durations, now), created=True), event
 
 
 async def _replay(
@@ -216,43 +288,23 @@ async def _replay(
     return await session.get(JobRecord, stored.job_id)
 
 
-async def _check_unfinished_jobs(session: AsyncSession, user_id: UUID, limit: int) -> None:
-    unfinished = await session.scalar(
-        select(func.count()).where(
-            col(JobRecord.user_id) == user_id, col(JobRecord.status).in_(UNFINISHED_STATUSES)
-        )
-    )
-    if (unfinished or 0) >= limit:
-        raise ApiError(
-            429,
-            "concurrency_limited",
-            f"{unfinished} of your jobs are still pending or running; the limit is {limit}",
-            limit=limit,
-        )
-
-
 async def publish_outbox_event(context: GatewayContext, outbox: OutboxEvent) -> bool:
     """Append the outbox event as the job's first event and mark it; True once confirmed."""
-    if not await _append_first_event(context, outbox):
+    if not await _append_first_event(context, parse_event(outbox.payload)):
         return False
-    async with context.sessions() as session, session.begin():
-        await session.execute(
-            update(OutboxEvent)
-            .where(col(OutboxEvent.event_id) == outbox.event_id)
-            .values(published_at=datetime.now(UTC), attempts=OutboxEvent.attempts + 1)
-        )
+    await mark_published(context.sessions, [outbox.event_id])
     return True
 
 
-async def _append_first_event(context: GatewayContext, outbox: OutboxEvent) -> bool:
+async def _append_first_event(context: GatewayContext, event: JobEvent) -> bool:
     publisher = EventPublisher(context.nats, timeout=context.settings.publish_timeout_seconds)
     try:
         # A second append of the same event (the relay after the request) is a duplicate.
-        await publisher.append(parse_event(outbox.payload), expected_sequence=0)
+        await publisher.append(event, expected_sequence=0)
     except Exception as error:
         logger.warning(
             "event not confirmed on JOBS yet; the outbox relay will retry",
-            extra={"event_id": str(outbox.event_id), "error": repr(error)},
+            extra={"event_id": str(event.id), "error": repr(error)},
         )
         return False
     return True
@@ -293,7 +345,7 @@ async def relay_pending(context: GatewayContext, *, older_than: timedelta) -> in
         published = 0
         for outbox in pending:
             outbox.attempts += 1
-            if await _append_first_event(context, outbox):
+            if await _append_first_event(context, parse_event(outbox.payload)):
                 outbox.published_at = datetime.now(UTC)
                 published += 1
     return published

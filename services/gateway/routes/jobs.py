@@ -11,6 +11,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Header, Query, Response, status
 from sqlalchemy import or_, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from ckrv.events.state import JobTransitionError, RequestCancel, decide
@@ -40,18 +41,16 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def owned_job(context: GatewayContext, user: User, job_id: UUID) -> JobRecord:
+async def owned_job(session: AsyncSession, user: User, job_id: UUID) -> JobRecord:
     """The job if `user` owns it; anyone else's job is as absent as a missing one."""
-    async with context.sessions() as session:
-        record = await session.get(JobRecord, job_id)
+    record = await session.get(JobRecord, job_id)
     if record is None or record.user_id != user.id:
         raise not_found(f"job {job_id}")
     return record
 
 
-async def presented(context: GatewayContext, user: User, record: JobRecord) -> JobPublic:
-    async with context.sessions() as session:
-        (job,) = await present_all(session, user.id, [record])
+async def presented(session: AsyncSession, user: User, record: JobRecord) -> JobPublic:
+    (job,) = await present_all(session, user.id, [record])
     return job
 
 
@@ -69,8 +68,10 @@ async def presented(context: GatewayContext, user: User, record: JobRecord) -> J
 )
 async def create_job(
     body: JobCreate,
+    *,
     user: CurrentUser,
     context: ContextDep,
+    session: SessionDep,
     response: Response,
     idempotency_key: Annotated[
         str | None,
@@ -78,11 +79,11 @@ async def create_job(
     ] = None,
 ) -> JobPublic:
     """Submit a job; it is accepted at once and runs in the background."""
-    submission = await submit_job(context, user, body, idempotency_key)
+    submission = await submit_job(context, user, body, idempotency_key, session=session)
     if not submission.created:
         response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"/v1/jobs/{submission.job.id}"
-    return await presented(context, user, submission.job)
+    return submission.job
 
 
 def _encode_cursor(record: JobRecord) -> str:
@@ -130,9 +131,9 @@ async def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=ERRORS)
-async def get_job(job_id: UUID, user: CurrentUser, context: ContextDep) -> JobPublic:
+async def get_job(job_id: UUID, user: CurrentUser, session: SessionDep) -> JobPublic:
     """One job with its status, phase, timing and outcome."""
-    return await presented(context, user, await owned_job(context, user, job_id))
+    return await presented(session, user, await owned_job(session, user, job_id))
 
 
 @router.post(
@@ -141,9 +142,13 @@ async def get_job(job_id: UUID, user: CurrentUser, context: ContextDep) -> JobPu
     response_model=JobPublic,
     responses={**ERRORS, 409: {"description": "The job already ended (`conflict`)."}},
 )
-async def cancel_job(job_id: UUID, user: CurrentUser, context: ContextDep) -> JobPublic:
+async def cancel_job(
+    job_id: UUID, user: CurrentUser, context: ContextDep, session: SessionDep
+) -> JobPublic:
     """Ask for the job to be stopped; it ends as `cancelled` once its workload is gone."""
-    record = await owned_job(context, user, job_id)
+    record = await owned_job(session, user, job_id)
+    # The connection goes back before waiting on JetStream and other sessions.
+    await session.close()
     if JobStatus(record.status) in TERMINAL_JOB_STATUSES:
         raise _already_ended(job_id, record.status)
     await _confirm_submission(context, job_id)
@@ -152,11 +157,11 @@ async def cancel_job(job_id: UUID, user: CurrentUser, context: ContextDep) -> Jo
         appended = await context.store.execute(job_id, lambda state: decide(state, command))
     except JobTransitionError as error:
         raise ApiError(409, "conflict", str(error), status=str(error.status)) from error
-    async with context.sessions() as session, session.begin():
+    async with session.begin():
         # Read-your-writes: the row shows the request before the projector gets to it.
         last = appended[-1].sequence if appended else record.last_sequence
         await project_job(session, context.nats, job_id, last)
-    return await presented(context, user, await owned_job(context, user, job_id))
+    return await presented(session, user, await owned_job(session, user, job_id))
 
 
 def _already_ended(job_id: UUID, job_status: str) -> ApiError:
@@ -179,9 +184,12 @@ async def _confirm_submission(context: GatewayContext, job_id: UUID) -> None:
 
 
 @router.get("/{job_id}/events", response_model=JobEventsPublic, responses=ERRORS)
-async def job_events(job_id: UUID, user: CurrentUser, context: ContextDep) -> JobEventsPublic:
+async def job_events(
+    job_id: UUID, user: CurrentUser, context: ContextDep, session: SessionDep
+) -> JobEventsPublic:
     """The job's audit trail: every event, oldest first."""
-    await owned_job(context, user, job_id)
+    await owned_job(session, user, job_id)
+    await session.close()
     history = await context.store.read(job_id)
     return JobEventsPublic(
         events=[
