@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -144,33 +144,46 @@ class EventConsumer(Generic[T]):
                     )
                 except TimeoutError:  # nothing arrived within the fetch window
                     continue
-                for position, message in enumerate(batch):
-                    if stop.is_set():
-                        # Hand the rest back at once so another replica takes them now,
-                        # instead of after the ack wait.
-                        for unhandled in batch[position:]:
-                            await unhandled.nak()
-                        break
-                    await self.handle(message)
+                await self._handle_fetched(batch, stop)
         finally:
             await subscription.unsubscribe()
 
+    async def _handle_fetched(self, batch: list[Msg], stop: asyncio.Event) -> None:
+        """Handle a fetch's messages one after the other."""
+        for position, message in enumerate(batch):
+            if stop.is_set():
+                await self._hand_back(batch[position:])
+                break
+            await self.handle(message)
+
+    async def _hand_back(self, messages: Sequence[Msg]) -> None:
+        # At once, so another replica takes them now instead of after the ack wait.
+        for unhandled in messages:
+            await unhandled.nak()
+
     async def handle(self, message: Msg) -> None:
         """Decide one message's fate from the handler's outcome."""
+        delivery = await self._decoded(message)
+        if delivery is not None:
+            await self._handle_delivery(message, delivery)
+
+    async def _decoded(self, message: Msg) -> Delivery[T] | None:
+        """The message as the handler sees it; None once dead-lettered as undecodable."""
         metadata = message.metadata
-        consumer = self._spec.durable
-        PENDING.labels(consumer).set(metadata.num_pending)
+        PENDING.labels(self._spec.durable).set(metadata.num_pending)
         try:
             payload = self._decode(message.data)
         except ValueError as error:
             await self._dead_letter(message, f"undecodable message: {error}")
-            return
-        delivery = Delivery(
+            return None
+        return Delivery(
             payload=payload,
             subject=message.subject,
             stream_sequence=metadata.sequence.stream,
             num_delivered=metadata.num_delivered,
         )
+
+    async def _handle_delivery(self, message: Msg, delivery: Delivery[T]) -> None:
         started = time.perf_counter()
         try:
             async with self._keep_alive(message):
@@ -180,12 +193,15 @@ class EventConsumer(Generic[T]):
         except Exception as error:
             await self._retry_or_dead_letter(message, delivery, error)
         else:
-            # Wait for the server to record the ack: once the next message starts, this one
-            # must not come back after a crash.
-            await message.ack_sync()
-            MESSAGES.labels(consumer, "acked").inc()
+            await self._ack(message)
         finally:
-            HANDLE_SECONDS.labels(consumer).observe(time.perf_counter() - started)
+            HANDLE_SECONDS.labels(self._spec.durable).observe(time.perf_counter() - started)
+
+    async def _ack(self, message: Msg) -> None:
+        # Wait for the server to record the ack: once the next message starts, this one
+        # must not come back after a crash.
+        await message.ack_sync()
+        MESSAGES.labels(self._spec.durable, "acked").inc()
 
     async def _retry_or_dead_letter(
         self, message: Msg, delivery: Delivery[T], error: Exception
@@ -240,13 +256,14 @@ class EventConsumer(Generic[T]):
         )
 
     @contextlib.asynccontextmanager
-    async def _keep_alive(self, message: Msg) -> AsyncIterator[None]:
-        """Tell the server the message is still being worked on while a slow handler runs."""
+    async def _keep_alive(self, *messages: Msg) -> AsyncIterator[None]:
+        """Tell the server the messages are still being worked on while a slow handler runs."""
 
         async def beat() -> None:
             while True:
                 await asyncio.sleep(self._spec.ack_wait_seconds / 2)
-                await message.in_progress()
+                for message in messages:
+                    await message.in_progress()
 
         heartbeat = asyncio.create_task(beat())
         try:
@@ -255,6 +272,62 @@ class EventConsumer(Generic[T]):
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+
+
+class BatchEventConsumer(EventConsumer[T]):
+    """Like `EventConsumer`, but the handler takes every message of a fetch at once.
+
+    A handler can then do the work of many messages together (one database transaction
+    for all of them). They are acked together once it returns. If it raises, each message
+    is handled again on its own, as a batch of one, so a message that cannot be handled
+    meets its own fate (retried, dead-lettered) without taking the others with it.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        spec: ConsumerSpec,
+        decode: Callable[[bytes], T],
+        handler: Callable[[Sequence[Delivery[T]]], Awaitable[None]],
+    ) -> None:
+        async def handle_one(delivery: Delivery[T]) -> None:
+            await handler([delivery])
+
+        super().__init__(js, spec, decode, handle_one)
+        self._batch_handler = handler
+
+    async def _handle_fetched(self, batch: list[Msg], stop: asyncio.Event) -> None:
+        if stop.is_set():
+            await self._hand_back(batch)
+            return
+        decoded = [
+            (message, delivery)
+            for message in batch
+            if (delivery := await self._decoded(message)) is not None
+        ]
+        if len(decoded) <= 1:
+            for message, delivery in decoded:
+                await self._handle_delivery(message, delivery)
+            return
+        messages = [message for message, _ in decoded]
+        started = time.perf_counter()
+        try:
+            async with self._keep_alive(*messages):
+                await self._batch_handler([delivery for _, delivery in decoded])
+        except Exception:
+            logger.warning(
+                "batch handler failed; handling its messages one at a time",
+                extra={"consumer": self._spec.durable, "messages": len(decoded)},
+                exc_info=True,
+            )
+            for message, delivery in decoded:
+                await self._handle_delivery(message, delivery)
+            return
+        finally:
+            elapsed = time.perf_counter() - started
+            for _ in decoded:
+                HANDLE_SECONDS.labels(self._spec.durable).observe(elapsed)
+        await asyncio.gather(*(self._ack(message) for message in messages))
 
 
 def _header_value(text: str) -> str:

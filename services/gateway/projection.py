@@ -9,7 +9,8 @@ the start and yields the same rows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -94,7 +95,14 @@ async def apply_history(
     session: AsyncSession, job_id: UUID, history: Sequence[StoredEvent]
 ) -> JobRecord | None:
     """Fold `history` (events after the row's `last_sequence`) into the job's row."""
-    row = await session.get(JobRecord, job_id, with_for_update=True)
+    row = await session.get(JobRecord, job_id, with_for_update=True, populate_existing=True)
+    return await _fold(session, job_id, row, history)
+
+
+async def _fold(
+    session: AsyncSession, job_id: UUID, row: JobRecord | None, history: Sequence[StoredEvent]
+) -> JobRecord | None:
+    """Fold `history` into `row`, the job's row locked by the caller (None: no row yet)."""
     last_sequence = row.last_sequence if row is not None else 0
     fresh = [stored for stored in history if stored.sequence > last_sequence]
     if not fresh:
@@ -151,12 +159,35 @@ async def _refund(session: AsyncSession, job_id: UUID) -> None:
 
 async def project_job(session: AsyncSession, nc: Client, job_id: UUID, up_to_sequence: int) -> None:
     """Bring the job's row up to at least `up_to_sequence`, in the session's transaction."""
-    row = await session.get(JobRecord, job_id, with_for_update=True)
-    after = row.last_sequence if row is not None else 0
-    if up_to_sequence <= after:
-        return
-    history = await read_job_history(nc, job_id, after_sequence=after)
-    await apply_history(session, job_id, history)
+    await project_jobs(session, nc, {job_id: up_to_sequence})
+
+
+async def project_jobs(session: AsyncSession, nc: Client, news: Mapping[UUID, int]) -> None:
+    """Bring each job's row up to at least its sequence in `news`, in the session's transaction.
+
+    The rows are locked in one statement (in id order, so two replicas never wait on each
+    other crosswise); the histories of the jobs behind are read concurrently.
+    """
+    rows = {
+        row.id: row
+        for row in await session.scalars(
+            select(JobRecord)
+            .where(col(JobRecord.id).in_(sorted(news)))
+            .order_by(col(JobRecord.id))
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    }
+    behind = {
+        job_id: rows[job_id].last_sequence if job_id in rows else 0
+        for job_id, sequence in news.items()
+        if sequence > (rows[job_id].last_sequence if job_id in rows else 0)
+    }
+    histories = await asyncio.gather(
+        *(read_job_history(nc, job_id, after_sequence=after) for job_id, after in behind.items())
+    )
+    for job_id, history in zip(behind, histories, strict=True):
+        await _fold(session, job_id, rows.get(job_id), history)
 
 
 async def read_all_events(nc: Client) -> list[StoredEvent]:

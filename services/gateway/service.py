@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from uuid import UUID
 
 from fastapi import FastAPI
 from nats.aio.client import Client
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from ckrv.events.catalog import JobEvent, parse_event
-from ckrv.events.consumer import Delivery, EventConsumer
+from ckrv.events.consumer import BatchEventConsumer, Delivery
 from ckrv.events.store import JobEventStore
 from ckrv.events.streams import provision_streams
 from ckrv.services.common.connections import connect_nats
@@ -21,7 +23,8 @@ from ckrv.services.common.settings import CommonSettings
 from ckrv.services.gateway.app import create_app
 from ckrv.services.gateway.context import GatewayContext
 from ckrv.services.gateway.identity.config import load_identity
-from ckrv.services.gateway.projection import project_job, projector_spec
+from ckrv.services.gateway.outbox import PublishedMarks
+from ckrv.services.gateway.projection import project_jobs, projector_spec
 from ckrv.services.gateway.settings import GatewaySettings
 from ckrv.services.gateway.submission import relay_outbox
 
@@ -34,6 +37,8 @@ class GatewayService(Service):
         self._settings = settings
         self._nats: Client | None = None
         self._engine: AsyncEngine | None = None
+        self._background_engine: AsyncEngine | None = None
+        self._background_sessions: async_sessionmaker[AsyncSession] | None = None
         self.app = create_app(settings=settings)
 
     @property
@@ -46,7 +51,12 @@ class GatewayService(Service):
     async def start(self) -> None:
         self._nats = await connect_nats(self._common.nats_url, name=self.name)
         await provision_streams(self._nats.jetstream())
-        self._engine = create_engine(self._common.database_url.get_secret_value(), pool_size=10)
+        database_url = self._common.database_url.get_secret_value()
+        self._engine = create_engine(database_url, pool_size=10)
+        # The projector and the outbox marks have connections of their own: they never wait
+        # behind requests for one, so a busy API does not hold the read model back.
+        self._background_engine = create_engine(database_url, pool_size=2)
+        self._background_sessions = session_factory(self._background_engine)
         keys, identity = load_identity(self._settings)
         self.app.state.context = GatewayContext(
             settings=self._settings,
@@ -55,6 +65,7 @@ class GatewayService(Service):
             store=JobEventStore(self._nats),
             keys=keys,
             identity=identity,
+            published=PublishedMarks(self._background_sessions),
         )
 
     def readiness_checks(self) -> dict[str, ReadinessCheck]:
@@ -76,17 +87,31 @@ class GatewayService(Service):
     async def run(self, stop: asyncio.Event) -> None:
         context = self.context
 
-        async def project(delivery: Delivery[JobEvent]) -> None:
-            async with context.sessions() as session, session.begin():
-                await project_job(
-                    session, context.nats, delivery.payload.job_id, delivery.stream_sequence
-                )
+        background = self._background_sessions
+        if background is None:
+            raise RuntimeError("the gateway has not started")
 
-        projector = EventConsumer(context.nats.jetstream(), projector_spec(), parse_event, project)
-        await asyncio.gather(projector.run(stop), relay_outbox(context, stop))
+        async def project(deliveries: Sequence[Delivery[JobEvent]]) -> None:
+            news: dict[UUID, int] = {}
+            for delivery in deliveries:
+                job_id = delivery.payload.job_id
+                news[job_id] = max(news.get(job_id, 0), delivery.stream_sequence)
+            # All the fetched events in one transaction, acked once it committed.
+            async with background() as session, session.begin():
+                await project_jobs(session, context.nats, news)
+
+        projector = BatchEventConsumer(
+            context.nats.jetstream(), projector_spec(), parse_event, project
+        )
+        tasks = [projector.run(stop), relay_outbox(context, stop)]
+        if context.published is not None:
+            tasks.append(context.published.run(stop))
+        await asyncio.gather(*tasks)
 
     async def close(self) -> None:
         if self._nats is not None:
             await self._nats.drain()
         if self._engine is not None:
             await self._engine.dispose()
+        if self._background_engine is not None:
+            await self._background_engine.dispose()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from uuid import UUID
 
@@ -21,6 +21,7 @@ from ckrv.events.consumer import (
     DELIVERIES,
     ORIGINAL_SEQUENCE,
     ORIGINAL_SUBJECT,
+    BatchEventConsumer,
     ConsumerSpec,
     Delivery,
     EventConsumer,
@@ -277,3 +278,123 @@ async def test_stopping_lets_the_message_in_hand_finish_and_acks_it(
     info = await consumer_info(nc, spec)
     assert info.num_ack_pending == 0
     assert info.num_redelivered == 0
+
+
+BatchHandler = Callable[[Sequence[Delivery[JobEvent]]], Awaitable[None]]
+
+
+@asynccontextmanager
+async def running_batches(
+    nc: Client, spec: ConsumerSpec, handler: BatchHandler
+) -> AsyncIterator[asyncio.Event]:
+    stop = asyncio.Event()
+    consumer = BatchEventConsumer(nc.jetstream(), spec, parse_event, handler)
+    await consumer.ensure_consumer()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        yield stop
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+
+
+async def append_all(nc: Client, events: Sequence[JobEvent], after: int = 0) -> None:
+    expected = after
+    for event in events:
+        expected = (await EventPublisher(nc).append(event, expected_sequence=expected)).sequence
+
+
+async def test_a_batch_handler_gets_a_fetch_at_once_in_order_and_all_are_acked(
+    nc: Client, job_id: UUID
+) -> None:
+    events = [submitted(job_id, spec_id=f"spec-{number}") for number in range(5)]
+    await append_all(nc, events)
+    batches: list[list[UUID]] = []
+
+    async def handler(deliveries: Sequence[Delivery[JobEvent]]) -> None:
+        batches.append([delivery.payload.id for delivery in deliveries])
+
+    spec = spec_for(job_id)
+    async with running_batches(nc, spec, handler):
+        await eventually(lambda: sum(map(len, batches)) == len(events))
+        await asyncio.sleep(0.3)
+    # Waiting before the consumer started, all five come in one fetch and one call.
+    assert batches == [[event.id for event in events]]
+    info = await consumer_info(nc, spec)
+    assert info.num_pending == 0
+    assert info.num_ack_pending == 0
+    assert metric("ckrv_consumer_messages_total", spec, outcome="acked") == len(events)
+
+
+async def test_a_failed_batch_is_handled_again_one_message_at_a_time(
+    nc: Client, job_id: UUID
+) -> None:
+    events = [submitted(job_id, spec_id=name) for name in ("first", "poison", "last")]
+    await append_all(nc, events)
+    calls: list[list[str]] = []
+
+    async def handler(deliveries: Sequence[Delivery[JobEvent]]) -> None:
+        names = [str(getattr(delivery.payload.data, "spec_id", "")) for delivery in deliveries]
+        calls.append(names)
+        if "poison" in names:
+            raise PermanentError("this spec can never be handled")
+
+    spec = spec_for(job_id)
+    async with running_batches(nc, spec, handler):
+        await eventually(lambda: len(calls) == 4)
+        await asyncio.sleep(0.3)
+    # The batch fails; then each message alone: only the poisoned one is dead-lettered.
+    assert calls == [["first", "poison", "last"], ["first"], ["poison"], ["last"]]
+    headers, _ = await last_dead_letter(nc, spec)
+    assert "this spec can never be handled" in headers[DEAD_LETTER_REASON]
+    assert metric("ckrv_consumer_messages_total", spec, outcome="acked") == 2
+    assert metric("ckrv_consumer_messages_total", spec, outcome="dead_lettered") == 1
+    assert (await consumer_info(nc, spec)).num_ack_pending == 0
+
+
+async def test_an_undecodable_message_is_dead_lettered_and_the_rest_handled_as_a_batch(
+    nc: Client, job_id: UUID
+) -> None:
+    first = submitted(job_id, spec_id="first")
+    await append_all(nc, [first])
+    poison = await nc.jetstream().publish(f"jobs.{job_id}.submitted", b"{not json")
+    last = submitted(job_id, spec_id="last")
+    await append_all(nc, [last], after=poison.seq)
+    batches: list[list[UUID]] = []
+
+    async def handler(deliveries: Sequence[Delivery[JobEvent]]) -> None:
+        batches.append([delivery.payload.id for delivery in deliveries])
+
+    spec = spec_for(job_id)
+    async with running_batches(nc, spec, handler):
+        await eventually(lambda: sum(map(len, batches)) == 2)
+        headers, payload = await last_dead_letter(nc, spec)
+    assert batches == [[first.id, last.id]]
+    assert payload == b"{not json"
+    assert headers[ORIGINAL_SEQUENCE] == str(poison.seq)
+    assert (await consumer_info(nc, spec)).num_ack_pending == 0
+
+
+async def test_a_transiently_failing_batch_is_retried_until_it_succeeds(
+    nc: Client, job_id: UUID
+) -> None:
+    events = [submitted(job_id, spec_id=f"spec-{number}") for number in range(3)]
+    await append_all(nc, events)
+    handled: list[tuple[UUID, int]] = []
+    failures = 0
+
+    async def handler(deliveries: Sequence[Delivery[JobEvent]]) -> None:
+        nonlocal failures
+        # The database is down for the batch and for each message alone once.
+        if failures < 1 + len(events):
+            failures += 1
+            raise TransientError("database unavailable", retry_after=0.05)
+        handled.extend((delivery.payload.id, delivery.num_delivered) for delivery in deliveries)
+
+    spec = spec_for(job_id)
+    async with running_batches(nc, spec, handler):
+        await eventually(lambda: len(handled) == len(events))
+        await asyncio.sleep(0.3)
+    assert sorted(handled) == sorted((event.id, 2) for event in events)
+    assert metric("ckrv_consumer_messages_total", spec, outcome="retried") == len(events)
+    assert (await consumer_info(nc, spec)).num_ack_pending == 0
