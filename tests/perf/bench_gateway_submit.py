@@ -2,7 +2,8 @@
 
 The gateway runs as `ckrv-cloud serve gateway` on its own nats-server and
 PostgreSQL (loopback, as the local stack runs them). 50 clients, each an
-enterprise user with one keep-alive connection, submit jobs with a 1.6 KB spec.
+enterprise user signed in with an access token as the device flow issues them
+and one keep-alive connection, submit jobs with a 1.6 KB spec.
 
 - Throughput: the 50 clients submit 2,000 jobs back to back, as fast as the
   gateway answers (closed loop); submissions/s is the rate it sustained.
@@ -37,11 +38,12 @@ import nats
 from ckrv.events.state import RequestCancel, decide
 from ckrv.events.store import JobEventStore
 from ckrv.services.common.db import create_schema
+from ckrv.services.gateway.identity.keys import SigningKeys
 from ckrv.services.stack.nats_server import NatsServer
 from ckrv.services.stack.ports import free_ports
 from ckrv.services.stack.postgres_server import PostgresServer
-from ckrv.services.stack.service_process import DEVELOPMENT_SWITCHES, ServiceProcess
 from tests.perf.report import BenchmarkResult, Figure, latency_figures
+from tests.running_gateway import RunningGateway, gateway_process
 
 CLIENTS = 50
 SUBMISSIONS = 2_000
@@ -192,15 +194,28 @@ async def wait_until_projected(connection: asyncpg.Connection) -> None:
         await asyncio.sleep(0.1)
 
 
-async def measure(gateway_url: str, nats_url: str, dsn: str) -> list[Figure]:
+async def access_tokens(gateway: RunningGateway) -> list[str]:
+    """An access token for each client's enterprise user, signed with the gateway's key."""
+    keys = SigningKeys(gateway.signing_keys, issuer=gateway.url)
+    tokens = []
+    async with httpx.AsyncClient(base_url=gateway.api_url) as client:
+        for n in range(CLIENTS):
+            api_token = gateway.token(f"bench-{n}@example.com", "enterprise")
+            me = await client.get("/users/me", headers={"Authorization": f"Bearer {api_token}"})
+            me.raise_for_status()
+            tokens.append(keys.issue(UUID(me.json()["id"]), lifetime_seconds=3600)[0])
+    return tokens
+
+
+async def measure(gateway: RunningGateway, nats_url: str, dsn: str) -> list[Figure]:
     clients = [
         httpx.AsyncClient(
-            base_url=f"{gateway_url}/v1",
-            headers={"Authorization": f"Bearer dev:bench-{n}@example.com:enterprise"},
+            base_url=gateway.api_url,
+            headers={"Authorization": f"Bearer {token}"},
             limits=httpx.Limits(max_connections=1),
             timeout=120,
         )
-        for n in range(CLIENTS)
+        for token in await access_tokens(gateway)
     ]
     nc = await nats.connect(nats_url)
     connection = await asyncpg.connect(dsn)
@@ -246,30 +261,21 @@ async def measure(gateway_url: str, nats_url: str, dsn: str) -> list[Figure]:
 
 async def run() -> BenchmarkResult:
     state = server_dir()
-    nats_port, monitor_port, postgres_port, gateway_port = free_ports(4)
+    nats_port, monitor_port, postgres_port = free_ports(3)
     nats_server = NatsServer(state / "nats", port=nats_port, monitor_port=monitor_port)
     postgres = PostgresServer(state / "postgres", port=postgres_port)
     try:
         await nats_server.start()
         await postgres.start()
         await create_schema(postgres.dsn)
-        gateway = ServiceProcess(
-            "gateway",
-            port=gateway_port,
-            log_dir=state,
-            connections={
-                "CKRV_ENV": "dev",
-                "CKRV_NATS_URL": nats_server.url,
-                "CKRV_DATABASE_URL": postgres.dsn,
-                **DEVELOPMENT_SWITCHES,
-            },
-            shutdown_timeout_seconds=5,
+        process, gateway = gateway_process(
+            nats_url=nats_server.url, database_url=postgres.dsn, log_dir=state
         )
-        await gateway.start()
+        await process.start()
         try:
-            figures = await measure(gateway.url, nats_server.url, postgres.dsn)
+            figures = await measure(gateway, nats_server.url, postgres.dsn)
         finally:
-            await gateway.stop()
+            await process.stop()
     finally:
         await postgres.stop()
         await nats_server.stop()
