@@ -15,12 +15,13 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import UUID, uuid4
 
-from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy import BindParameter, Insert, bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col
+from sqlmodel import SQLModel, col
 
 from ckrv.events.catalog import JobEvent, JobSubmittedData, parse_event
 from ckrv.events.publisher import EventPublisher
@@ -68,10 +69,29 @@ _ACCOUNT = select(
     .scalar_subquery(),
     TYPICAL_DURATION.scalar_subquery(),
 )
-_INSERT_JOB = insert(JobRecord)
-_INSERT_OUTBOX = insert(OutboxEvent)
-_INSERT_CHARGE = insert(QuotaCharge)
-_INSERT_IDEMPOTENCY_KEY = insert(IdempotencyKey)
+
+
+def _row_of(table: type[SQLModel], prefix: str) -> dict[str, BindParameter[Any]]:
+    """A parameter for each column of `table`, named `<prefix><column>`."""
+    columns = SQLModel.metadata.tables[str(table.__tablename__)].columns
+    return {column.name: bindparam(prefix + column.name, type_=column.type) for column in columns}
+
+
+def _insert_accepted(*, with_key: bool) -> Insert:
+    """The accepted job's rows in one statement: the jobs row, the outbox event and the
+    quota charge (and the idempotency key) as data-modifying CTEs of one INSERT."""
+    parts = [
+        insert(JobRecord).values(_row_of(JobRecord, "job_")).cte("accepted_job"),
+        insert(OutboxEvent).values(_row_of(OutboxEvent, "outbox_")).cte("accepted_event"),
+    ]
+    if with_key:
+        key = insert(IdempotencyKey).values(_row_of(IdempotencyKey, "key_"))
+        parts.append(key.cte("accepted_key"))
+    return insert(QuotaCharge).values(_row_of(QuotaCharge, "charge_")).add_cte(*parts)
+
+
+_INSERT_ACCEPTED = _insert_accepted(with_key=False)
+_INSERT_ACCEPTED_WITH_KEY = _insert_accepted(with_key=True)
 
 
 @dataclass(frozen=True)
@@ -231,39 +251,33 @@ async def _accept(
             ),
         )
         values = record_values(evolve(initial_state(job_id), event), last_sequence=0)
-        await connection.execute(_INSERT_JOB, values)
-        await connection.execute(
-            _INSERT_OUTBOX,
-            {
-                "event_id": event.id,
-                "job_id": job_id,
-                "payload": event.model_dump_json(),
-                "created_at": now,
-                "attempts": 0,
-            },
-        )
-        await connection.execute(
-            _INSERT_CHARGE,
-            {
-                "job_id": job_id,
-                "user_id": user_id,
-                "cycle_start": cycle.start,
-                "overage": overage,
-                "amount_cents": (limits.overage_cents_per_job or 0) if overage else 0,
-                "charged_at": now,
-            },
-        )
-        if request.idempotency_key is not None:
-            await connection.execute(
-                _INSERT_IDEMPOTENCY_KEY,
-                {
-                    "user_id": user_id,
-                    "key": request.idempotency_key,
-                    "request_hash": request.fingerprint,
-                    "job_id": job_id,
-                    "created_at": now,
-                },
-            )
+        rows = {
+            **{f"job_{name}": value for name, value in values.items()},
+            "outbox_event_id": event.id,
+            "outbox_job_id": job_id,
+            "outbox_payload": event.model_dump_json(),
+            "outbox_created_at": now,
+            "outbox_published_at": None,
+            "outbox_attempts": 0,
+            "charge_job_id": job_id,
+            "charge_user_id": user_id,
+            "charge_cycle_start": cycle.start,
+            "charge_overage": overage,
+            "charge_amount_cents": (limits.overage_cents_per_job or 0) if overage else 0,
+            "charge_charged_at": now,
+            "charge_refunded_at": None,
+        }
+        if request.idempotency_key is None:
+            await connection.execute(_INSERT_ACCEPTED, rows)
+        else:
+            rows |= {
+                "key_user_id": user_id,
+                "key_key": request.idempotency_key,
+                "key_request_hash": request.fingerprint,
+                "key_job_id": job_id,
+                "key_created_at": now,
+            }
+            await connection.execute(_INSERT_ACCEPTED_WITH_KEY, rows)
     durations = {repository: typical} if typical is not None else {}
     return Submission(present(JobRecord(**values), durations, now), created=True), event
 
