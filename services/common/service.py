@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import signal
 import socket
-from collections.abc import Iterator
-from typing import ClassVar
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, ClassVar
 
 import uvicorn
 import uvloop
@@ -64,6 +66,61 @@ def serve_process(service: Service, settings: ServiceSettings) -> int:
     # uvloop halves the loop's own overhead (sockets, callbacks, timers) next to asyncio's.
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(run_service(service, settings))
+
+
+async def run_in_thread(
+    name: str, work: Callable[[asyncio.Event], Awaitable[None]], stop: asyncio.Event
+) -> None:
+    """Run `work(stop)` on an event loop of its own, in a thread of this process.
+
+    Work on the process's loop waits its turn behind every ready callback, and a busy
+    HTTP API can have hundreds at a time; on a loop of its own it only shares the CPU.
+    `stop` is passed on to the work's loop, and the work's failure is raised here. The
+    work must make its own connections: sockets and pools belong to one loop.
+    """
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[None] = loop.create_future()
+    handover: concurrent.futures.Future[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = (
+        concurrent.futures.Future()
+    )
+
+    def report(error: BaseException | None) -> None:
+        if outcome.done():
+            return
+        if error is None:
+            outcome.set_result(None)
+        else:
+            outcome.set_exception(error)
+
+    async def main() -> None:
+        own_stop = asyncio.Event()
+        handover.set_result((asyncio.get_running_loop(), own_stop))
+        await work(own_stop)
+
+    def thread_main() -> None:
+        error: BaseException | None = None
+        try:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(main())
+        except BaseException as failure:  # handed to the awaiting side
+            error = failure
+        if not handover.done():
+            handover.set_exception(error or RuntimeError(f"{name} ended before it started"))
+        with contextlib.suppress(RuntimeError):  # the process's loop is already closed
+            loop.call_soon_threadsafe(report, error)
+
+    # A daemon: if shutdown gives up on the work, the thread does not keep the process alive.
+    threading.Thread(target=thread_main, name=name, daemon=True).start()
+    own_loop, own_stop = await asyncio.wrap_future(handover)
+    stopping = asyncio.create_task(stop.wait())
+    either: list[asyncio.Future[Any]] = [outcome, stopping]
+    try:
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        with contextlib.suppress(RuntimeError):  # the work's loop has already ended
+            own_loop.call_soon_threadsafe(own_stop.set)
+    await outcome
 
 
 async def run_service(service: Service, settings: ServiceSettings) -> int:
