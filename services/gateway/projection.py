@@ -17,7 +17,7 @@ from uuid import UUID
 
 from nats.aio.client import Client
 from nats.js.api import DeliverPolicy
-from sqlalchemy import delete, select
+from sqlalchemy import ARRAY, BigInteger, Uuid, bindparam, delete, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -42,8 +42,10 @@ def projector_spec() -> ConsumerSpec:
         retry_delays=(0.2, 1.0, 5.0, 30.0),
         max_deliver=10,
         fetch_timeout_seconds=0.5,
-        batch_size=64,
+        batch_size=256,
         deliver_policy=DeliverPolicy.ALL,
+        # Under load, a batch every 20 ms folds many events in one transaction.
+        linger_seconds=0.02,
     )
 
 
@@ -162,12 +164,54 @@ async def project_job(session: AsyncSession, nc: Client, job_id: UUID, up_to_seq
     await project_jobs(session, nc, {job_id: up_to_sequence})
 
 
-async def project_jobs(session: AsyncSession, nc: Client, news: Mapping[UUID, int]) -> None:
+# Rows made at acceptance (sequence 0) take the sequence of their job's submission.
+_RECORD_SUBMISSIONS = (
+    text(
+        "UPDATE jobs SET last_sequence = news.sequence"
+        " FROM unnest(:ids, :sequences) AS news (id, sequence)"
+        " WHERE jobs.id = news.id AND jobs.last_sequence = 0"
+        " RETURNING jobs.id"
+    )
+    .bindparams(
+        bindparam("ids", type_=ARRAY(Uuid())), bindparam("sequences", type_=ARRAY(BigInteger()))
+    )
+    .columns(id=Uuid())
+)
+
+
+async def project_jobs(
+    session: AsyncSession,
+    nc: Client,
+    news: Mapping[UUID, int],
+    first_events: Mapping[UUID, StoredEvent] | None = None,
+) -> None:
     """Bring each job's row up to at least its sequence in `news`, in the session's transaction.
 
     The rows are locked in one statement (in id order, so two replicas never wait on each
     other crosswise); the histories of the jobs behind are read concurrently.
+    `first_events` are `job.submitted` events in hand, by job. A job's submission is always
+    its first event on JOBS (it is appended only while the job has none), so a job whose
+    news is its submission needs no history read. And when the row was written at
+    acceptance from that very event and has folded nothing since (`last_sequence` 0), the
+    fold would only set its sequence: one statement does that for all such jobs at once.
     """
+    first_events = first_events or {}
+    submissions = {
+        job_id: first.sequence
+        for job_id, first in first_events.items()
+        if news.get(job_id) == first.sequence
+    }
+    if submissions:
+        recorded = set(
+            await session.scalars(
+                _RECORD_SUBMISSIONS,
+                {"ids": list(submissions), "sequences": list(submissions.values())},
+            )
+        )
+        # The rest: rows that do not exist, or that moved on already (then past this event).
+        news = {job_id: sequence for job_id, sequence in news.items() if job_id not in recorded}
+        if not news:
+            return
     rows = {
         row.id: row
         for row in await session.scalars(
@@ -178,15 +222,22 @@ async def project_jobs(session: AsyncSession, nc: Client, news: Mapping[UUID, in
             .execution_options(populate_existing=True)
         )
     }
-    behind = {
-        job_id: rows[job_id].last_sequence if job_id in rows else 0
-        for job_id, sequence in news.items()
-        if sequence > (rows[job_id].last_sequence if job_id in rows else 0)
-    }
+    known: dict[UUID, list[StoredEvent]] = {}
+    behind: dict[UUID, int] = {}
+    for job_id, sequence in news.items():
+        after = rows[job_id].last_sequence if job_id in rows else 0
+        if sequence <= after:
+            continue
+        first = first_events.get(job_id)
+        if after == 0 and first is not None and first.sequence == sequence:
+            known[job_id] = [first]
+        else:
+            behind[job_id] = after
     histories = await asyncio.gather(
         *(read_job_history(nc, job_id, after_sequence=after) for job_id, after in behind.items())
     )
-    for job_id, history in zip(behind, histories, strict=True):
+    known.update(zip(behind, histories, strict=True))
+    for job_id, history in known.items():
         await _fold(session, job_id, rows.get(job_id), history)
 
 

@@ -9,16 +9,17 @@ from uuid import UUID
 from fastapi import FastAPI
 from nats.aio.client import Client
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ckrv.events.catalog import JobEvent, parse_event
+from ckrv.events.catalog import JobEvent, JobSubmitted, parse_event
 from ckrv.events.consumer import BatchEventConsumer, Delivery
+from ckrv.events.history import StoredEvent
 from ckrv.events.store import JobEventStore
 from ckrv.events.streams import provision_streams
 from ckrv.services.common.connections import connect_nats
 from ckrv.services.common.db import create_engine, session_factory
 from ckrv.services.common.http import ReadinessCheck
-from ckrv.services.common.service import Service
+from ckrv.services.common.service import Service, run_in_thread
 from ckrv.services.common.settings import CommonSettings
 from ckrv.services.gateway.app import create_app
 from ckrv.services.gateway.context import GatewayContext
@@ -37,8 +38,7 @@ class GatewayService(Service):
         self._settings = settings
         self._nats: Client | None = None
         self._engine: AsyncEngine | None = None
-        self._background_engine: AsyncEngine | None = None
-        self._background_sessions: async_sessionmaker[AsyncSession] | None = None
+        self._marks_engine: AsyncEngine | None = None
         self.app = create_app(settings=settings)
 
     @property
@@ -53,10 +53,8 @@ class GatewayService(Service):
         await provision_streams(self._nats.jetstream())
         database_url = self._common.database_url.get_secret_value()
         self._engine = create_engine(database_url, pool_size=10)
-        # The projector and the outbox marks have connections of their own: they never wait
-        # behind requests for one, so a busy API does not hold the read model back.
-        self._background_engine = create_engine(database_url, pool_size=2)
-        self._background_sessions = session_factory(self._background_engine)
+        # The outbox marks have a connection of their own: they never wait behind requests.
+        self._marks_engine = create_engine(database_url, pool_size=1)
         keys, identity = load_identity(self._settings)
         self.app.state.context = GatewayContext(
             settings=self._settings,
@@ -65,7 +63,7 @@ class GatewayService(Service):
             store=JobEventStore(self._nats),
             keys=keys,
             identity=identity,
-            published=PublishedMarks(self._background_sessions),
+            published=PublishedMarks(session_factory(self._marks_engine)),
         )
 
     def readiness_checks(self) -> dict[str, ReadinessCheck]:
@@ -86,32 +84,45 @@ class GatewayService(Service):
 
     async def run(self, stop: asyncio.Event) -> None:
         context = self.context
-
-        background = self._background_sessions
-        if background is None:
-            raise RuntimeError("the gateway has not started")
-
-        async def project(deliveries: Sequence[Delivery[JobEvent]]) -> None:
-            news: dict[UUID, int] = {}
-            for delivery in deliveries:
-                job_id = delivery.payload.job_id
-                news[job_id] = max(news.get(job_id, 0), delivery.stream_sequence)
-            # All the fetched events in one transaction, acked once it committed.
-            async with background() as session, session.begin():
-                await project_jobs(session, context.nats, news)
-
-        projector = BatchEventConsumer(
-            context.nats.jetstream(), projector_spec(), parse_event, project
-        )
-        tasks = [projector.run(stop), relay_outbox(context, stop)]
+        tasks = [
+            # The projector on a loop of its own: on the API's, each of its steps would wait
+            # behind every request in flight, and under load the read model fell seconds behind.
+            run_in_thread(f"{self.name} projector", self._project, stop),
+            relay_outbox(context, stop),
+        ]
         if context.published is not None:
             tasks.append(context.published.run(stop))
         await asyncio.gather(*tasks)
+
+    async def _project(self, stop: asyncio.Event) -> None:
+        """Fold JOBS into the read model until `stop` is set, with connections of its own."""
+        nc = await connect_nats(self._common.nats_url, name=f"{self.name}-projector")
+        engine = create_engine(self._common.database_url.get_secret_value(), pool_size=2)
+        sessions = session_factory(engine)
+
+        async def project(deliveries: Sequence[Delivery[JobEvent]]) -> None:
+            news: dict[UUID, int] = {}
+            submissions: dict[UUID, StoredEvent] = {}
+            for delivery in deliveries:
+                event = delivery.payload
+                news[event.job_id] = max(news.get(event.job_id, 0), delivery.stream_sequence)
+                if isinstance(event, JobSubmitted):
+                    submissions[event.job_id] = StoredEvent(delivery.stream_sequence, event)
+            # All the fetched events in one transaction, acked once it committed.
+            async with sessions() as session, session.begin():
+                await project_jobs(session, nc, news, submissions)
+
+        try:
+            projector = BatchEventConsumer(nc.jetstream(), projector_spec(), parse_event, project)
+            await projector.run(stop)
+        finally:
+            await nc.drain()
+            await engine.dispose()
 
     async def close(self) -> None:
         if self._nats is not None:
             await self._nats.drain()
         if self._engine is not None:
             await self._engine.dispose()
-        if self._background_engine is not None:
-            await self._background_engine.dispose()
+        if self._marks_engine is not None:
+            await self._marks_engine.dispose()

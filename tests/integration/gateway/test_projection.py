@@ -30,7 +30,7 @@ from ckrv.events.state import (
 )
 from ckrv.events.store import JobEventStore
 from ckrv.services.common.db import create_engine, session_factory
-from ckrv.services.gateway.projection import project_job, record_values
+from ckrv.services.gateway.projection import project_job, project_jobs, record_values
 from ckrv.services.gateway.tables import JobRecord
 from ckrv.services.stack.nats_server import NatsServer
 from ckrv.services.stack.postgres_server import PostgresServer
@@ -165,3 +165,40 @@ async def test_rebuild_from_the_stream_gives_an_identical_table(
 
 def test_an_unknown_job_id_is_not_found(client: httpx.Client) -> None:
     assert client.get(f"/jobs/{uuid4()}").status_code == 404
+
+
+async def test_a_submission_in_hand_is_folded_without_reading_the_stream(
+    nc: Client, nats_server: NatsServer, postgres_server: PostgresServer, client: httpx.Client
+) -> None:
+    job_id = UUID(client.post("/jobs", json=job_body()).json()["id"])
+    (submitted,) = await JobEventStore(nc).read(job_id)
+    expected = record_values(fold(job_id, [submitted.event]), submitted.sequence)
+    # A client that cannot reach JOBS: any history read would fail.
+    offline = await nats.connect(nats_server.url)
+    await offline.close()
+
+    engine = create_engine(postgres_server.dsn)
+    try:
+        sessions = session_factory(engine)
+
+        async def project_submission() -> dict[str, Any]:
+            async with sessions() as session, session.begin():
+                await project_jobs(
+                    session, offline, {job_id: submitted.sequence}, {job_id: submitted}
+                )
+            async with sessions() as session:
+                row = await session.get(JobRecord, job_id)
+            assert row is not None
+            return {name: getattr(row, name) for name in expected}
+
+        async with sessions() as session, session.begin():
+            row = await session.get(JobRecord, job_id, with_for_update=True)
+            assert row is not None
+            row.last_sequence = 0  # as written at acceptance
+        assert await project_submission() == expected
+
+        async with sessions() as session, session.begin():
+            await session.execute(text("delete from jobs where id = :id"), {"id": job_id})
+        assert await project_submission() == expected
+    finally:
+        await engine.dispose()
