@@ -12,6 +12,7 @@ import abc
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -27,6 +28,9 @@ from ckrv.services.common.http import HealthState, ReadinessCheck, health_routes
 from ckrv.services.common.settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
+
+# Allocations (less deallocations) that trigger a collection of the youngest generation.
+GC_YOUNG_THRESHOLD = 10_000
 
 
 class Service(abc.ABC):
@@ -153,6 +157,7 @@ async def _serve_until_stopped(
         listener.close()
         await service.close()
         return outcome
+    _settle_the_heap()
 
     health = HealthState(service.readiness_checks())
     app = service.http_app() or Starlette()
@@ -225,6 +230,19 @@ async def _start(service: Service, settings: ServiceSettings, stop: asyncio.Even
         logger.error("service could not start: %s", failure, exc_info=failure)
         return 1
     return None
+
+
+def _settle_the_heap() -> None:
+    """Keep the garbage collector off what lives as long as the process.
+
+    Modules, models and mappers are some 150,000 objects that every full collection
+    would traverse again (tens of ms each, on the event loop); frozen, they are skipped.
+    A larger first generation also collects less often than every few hundred objects,
+    which a single request allocates many times over.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def _bind(host: str, port: int) -> socket.socket:
