@@ -92,8 +92,9 @@ class ConsumerSpec:
     fetch_timeout_seconds: float = 1.0
     max_ack_pending: int = 1000
     deliver_policy: DeliverPolicy = field(default=DeliverPolicy.ALL)
-    # After a fetch that did not fill a batch, wait this long before the next one, so that
-    # it takes what arrived meanwhile at once: fewer, larger batches for a little latency.
+    # After a fetch that brought several messages but did not fill a batch (the stream is
+    # busy), wait this long before the next one, so that it takes what arrived meanwhile at
+    # once: fewer, larger batches for a little latency. A lone message never waits for it.
     linger_seconds: float = 0.0
 
     def retry_delay(self, num_delivered: int) -> float:
@@ -148,7 +149,7 @@ class EventConsumer(Generic[T]):
                 except TimeoutError:  # nothing arrived within the fetch window
                     continue
                 await self._handle_fetched(batch, stop)
-                if len(batch) < self._spec.batch_size and self._spec.linger_seconds > 0:
+                if 1 < len(batch) < self._spec.batch_size and self._spec.linger_seconds > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), self._spec.linger_seconds)
         finally:

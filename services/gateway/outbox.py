@@ -29,7 +29,7 @@ async def mark_published(sessions: async_sessionmaker[AsyncSession], event_ids: 
 
 
 class PublishedMarks:
-    """Marks confirmed outbox events as published, many in one statement every few ms.
+    """Marks confirmed outbox events as published, many in one statement every 50 ms.
 
     A submission hands its event id over once JetStream confirmed the event, and answers
     without waiting for the mark. Marks lost with the process cost nothing but a second
@@ -37,7 +37,7 @@ class PublishedMarks:
     """
 
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], *, interval_seconds: float = 0.005
+        self, sessions: async_sessionmaker[AsyncSession], *, interval_seconds: float = 0.05
     ) -> None:
         self._sessions = sessions
         self._interval = interval_seconds

@@ -298,10 +298,12 @@ async def running_batches(
         await asyncio.wait_for(task, timeout=10)
 
 
-async def append_all(nc: Client, events: Sequence[JobEvent], after: int = 0) -> None:
+async def append_all(nc: Client, events: Sequence[JobEvent], after: int = 0) -> int:
+    """Append `events` after the job's event at sequence `after`; the last one's sequence."""
     expected = after
     for event in events:
         expected = (await EventPublisher(nc).append(event, expected_sequence=expected)).sequence
+    return expected
 
 
 async def test_a_batch_handler_gets_a_fetch_at_once_in_order_and_all_are_acked(
@@ -398,3 +400,43 @@ async def test_a_transiently_failing_batch_is_retried_until_it_succeeds(
     assert sorted(handled) == sorted((event.id, 2) for event in events)
     assert metric("ckrv_consumer_messages_total", spec, outcome="retried") == len(events)
     assert (await consumer_info(nc, spec)).num_ack_pending == 0
+
+
+async def test_a_busy_stream_lingers_between_fetches_so_the_next_batch_is_larger(
+    nc: Client, job_id: UUID
+) -> None:
+    events = [submitted(job_id, spec_id=f"spec-{number}") for number in range(5)]
+    last = await append_all(nc, events[:2])
+    batches: list[tuple[float, list[UUID]]] = []
+
+    async def handler(deliveries: Sequence[Delivery[JobEvent]]) -> None:
+        now = asyncio.get_running_loop().time()
+        batches.append((now, [delivery.payload.id for delivery in deliveries]))
+
+    spec = spec_for(job_id, batch_size=10, linger_seconds=0.5)
+    async with running_batches(nc, spec, handler):
+        await eventually(lambda: bool(batches))
+        # Arriving one by one while the consumer lingers after a batch of two.
+        for event in events[2:]:
+            last = await append_all(nc, [event], after=last)
+        await eventually(lambda: sum(len(ids) for _, ids in batches) == len(events))
+    assert [ids for _, ids in batches] == [
+        [event.id for event in events[:2]],
+        [event.id for event in events[2:]],
+    ]
+    assert batches[1][0] - batches[0][0] >= 0.4
+
+
+async def test_a_lone_message_does_not_make_the_next_one_wait(nc: Client, job_id: UUID) -> None:
+    first, second = submitted(job_id, spec_id="first"), submitted(job_id, spec_id="second")
+    last = await append_all(nc, [first])
+    handled: list[UUID] = []
+
+    async def handler(deliveries: Sequence[Delivery[JobEvent]]) -> None:
+        handled.extend(delivery.payload.id for delivery in deliveries)
+
+    spec = spec_for(job_id, batch_size=10, linger_seconds=30.0)
+    async with running_batches(nc, spec, handler):
+        await eventually(lambda: handled == [first.id])
+        await append_all(nc, [second], after=last)
+        await eventually(lambda: handled == [first.id, second.id], within=5.0)
