@@ -164,16 +164,20 @@ async def project_job(session: AsyncSession, nc: Client, job_id: UUID, up_to_seq
     await project_jobs(session, nc, {job_id: up_to_sequence})
 
 
-# Rows made at acceptance (sequence 0) take the sequence of their job's submission.
+# Rows written at acceptance from a job's submission, and untouched since (sequence 0, that
+# one event folded), take the submission's stream sequence: all the fold would change.
 _RECORD_SUBMISSIONS = (
     text(
         "UPDATE jobs SET last_sequence = news.sequence"
-        " FROM unnest(:ids, :sequences) AS news (id, sequence)"
+        " FROM unnest(:ids, :event_ids, :sequences) AS news (id, event_id, sequence)"
         " WHERE jobs.id = news.id AND jobs.last_sequence = 0"
+        " AND jobs.state::jsonb -> 'seen_event_ids' = jsonb_build_array(news.event_id::text)"
         " RETURNING jobs.id"
     )
     .bindparams(
-        bindparam("ids", type_=ARRAY(Uuid())), bindparam("sequences", type_=ARRAY(BigInteger()))
+        bindparam("ids", type_=ARRAY(Uuid())),
+        bindparam("event_ids", type_=ARRAY(Uuid())),
+        bindparam("sequences", type_=ARRAY(BigInteger())),
     )
     .columns(id=Uuid())
 )
@@ -183,32 +187,31 @@ async def project_jobs(
     session: AsyncSession,
     nc: Client,
     news: Mapping[UUID, int],
-    first_events: Mapping[UUID, StoredEvent] | None = None,
+    submissions: Mapping[UUID, StoredEvent] | None = None,
 ) -> None:
     """Bring each job's row up to at least its sequence in `news`, in the session's transaction.
 
-    The rows are locked in one statement (in id order, so two replicas never wait on each
-    other crosswise); the histories of the jobs behind are read concurrently.
-    `first_events` are `job.submitted` events in hand, by job. A job's submission is always
-    its first event on JOBS (it is appended only while the job has none), so a job whose
-    news is its submission needs no history read. And when the row was written at
-    acceptance from that very event and has folded nothing since (`last_sequence` 0), the
-    fold would only set its sequence: one statement does that for all such jobs at once.
+    `submissions` are `job.submitted` events in hand, by job. A job accepted by the gateway
+    has its row written with the submission already folded in, before the event is on JOBS;
+    while that row has folded nothing else, taking the event's sequence is the whole fold.
+    One statement does that for all such jobs. The others' rows are locked in one statement
+    (in id order, so two replicas never wait on each other crosswise), and their histories
+    after the row's sequence read concurrently and folded.
     """
-    first_events = first_events or {}
-    submissions = {
-        job_id: first.sequence
-        for job_id, first in first_events.items()
-        if news.get(job_id) == first.sequence
-    }
-    if submissions:
+    recordable = [
+        event for job_id, event in (submissions or {}).items() if news.get(job_id) == event.sequence
+    ]
+    if recordable:
         recorded = set(
             await session.scalars(
                 _RECORD_SUBMISSIONS,
-                {"ids": list(submissions), "sequences": list(submissions.values())},
+                {
+                    "ids": [stored.event.job_id for stored in recordable],
+                    "event_ids": [stored.event.id for stored in recordable],
+                    "sequences": [stored.sequence for stored in recordable],
+                },
             )
         )
-        # The rest: rows that do not exist, or that moved on already (then past this event).
         news = {job_id: sequence for job_id, sequence in news.items() if job_id not in recorded}
         if not news:
             return
@@ -222,22 +225,15 @@ async def project_jobs(
             .execution_options(populate_existing=True)
         )
     }
-    known: dict[UUID, list[StoredEvent]] = {}
-    behind: dict[UUID, int] = {}
-    for job_id, sequence in news.items():
-        after = rows[job_id].last_sequence if job_id in rows else 0
-        if sequence <= after:
-            continue
-        first = first_events.get(job_id)
-        if after == 0 and first is not None and first.sequence == sequence:
-            known[job_id] = [first]
-        else:
-            behind[job_id] = after
+    behind = {
+        job_id: rows[job_id].last_sequence if job_id in rows else 0
+        for job_id, sequence in news.items()
+        if sequence > (rows[job_id].last_sequence if job_id in rows else 0)
+    }
     histories = await asyncio.gather(
         *(read_job_history(nc, job_id, after_sequence=after) for job_id, after in behind.items())
     )
-    known.update(zip(behind, histories, strict=True))
-    for job_id, history in known.items():
+    for job_id, history in zip(behind, histories, strict=True):
         await _fold(session, job_id, rows.get(job_id), history)
 
 

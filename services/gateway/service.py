@@ -107,7 +107,9 @@ class GatewayService(Service):
                 event = delivery.payload
                 news[event.job_id] = max(news.get(event.job_id, 0), delivery.stream_sequence)
                 if isinstance(event, JobSubmitted):
-                    submissions[event.job_id] = StoredEvent(delivery.stream_sequence, event)
+                    submissions.setdefault(
+                        event.job_id, StoredEvent(delivery.stream_sequence, event)
+                    )
             # All the fetched events in one transaction, acked once it committed.
             async with sessions() as session, session.begin():
                 await project_jobs(session, nc, news, submissions)

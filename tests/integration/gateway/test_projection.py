@@ -167,7 +167,7 @@ def test_an_unknown_job_id_is_not_found(client: httpx.Client) -> None:
     assert client.get(f"/jobs/{uuid4()}").status_code == 404
 
 
-async def test_a_submission_in_hand_is_folded_without_reading_the_stream(
+async def test_a_row_made_at_acceptance_takes_its_submission_without_reading_the_stream(
     nc: Client, nats_server: NatsServer, postgres_server: PostgresServer, client: httpx.Client
 ) -> None:
     job_id = UUID(client.post("/jobs", json=job_body()).json()["id"])
@@ -181,10 +181,10 @@ async def test_a_submission_in_hand_is_folded_without_reading_the_stream(
     try:
         sessions = session_factory(engine)
 
-        async def project_submission() -> dict[str, Any]:
+        async def project_submission(through: Client) -> dict[str, Any]:
             async with sessions() as session, session.begin():
                 await project_jobs(
-                    session, offline, {job_id: submitted.sequence}, {job_id: submitted}
+                    session, through, {job_id: submitted.sequence}, {job_id: submitted}
                 )
             async with sessions() as session:
                 row = await session.get(JobRecord, job_id)
@@ -195,10 +195,13 @@ async def test_a_submission_in_hand_is_folded_without_reading_the_stream(
             row = await session.get(JobRecord, job_id, with_for_update=True)
             assert row is not None
             row.last_sequence = 0  # as written at acceptance
-        assert await project_submission() == expected
+        assert await project_submission(offline) == expected
 
+        # Without that row, the history is read and folded: the same row again.
         async with sessions() as session, session.begin():
             await session.execute(text("delete from jobs where id = :id"), {"id": job_id})
-        assert await project_submission() == expected
+        with pytest.raises(nats.errors.ConnectionClosedError):
+            await project_submission(offline)
+        assert await project_submission(nc) == expected
     finally:
         await engine.dispose()
