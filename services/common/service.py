@@ -16,6 +16,7 @@ import gc
 import logging
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, ClassVar
@@ -31,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 # Allocations (less deallocations) that trigger a collection of the youngest generation.
 GC_YOUNG_THRESHOLD = 10_000
+# How long a thread may hold the interpreter while another one waits for it.
+THREAD_SWITCH_SECONDS = 0.001
 
 
 class Service(abc.ABC):
@@ -113,6 +116,9 @@ async def run_in_thread(
         with contextlib.suppress(RuntimeError):  # the process's loop is already closed
             loop.call_soon_threadsafe(report, error)
 
+    # A thread waiting for the interpreter gets it once the running one has held it this
+    # long (5 ms by default): the work's loop must not wait that long at each of its steps.
+    sys.setswitchinterval(min(sys.getswitchinterval(), THREAD_SWITCH_SECONDS))
     # A daemon: if shutdown gives up on the work, the thread does not keep the process alive.
     threading.Thread(target=thread_main, name=name, daemon=True).start()
     own_loop, own_stop = await asyncio.wrap_future(handover)
