@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,3 +90,20 @@ async def _api_token(database_url: str, email: str, tier: str) -> str:
             user.subscription_tier = tier
             _, token = await create_api_token(session, user.id, "tests", None)
         return token
+
+
+@asynccontextmanager
+async def started_gateway(
+    *, nats_url: str, database_url: str, switches: dict[str, str] | None = None
+) -> AsyncIterator[RunningGateway]:
+    """A gateway process of its own on the given servers, stopped and cleaned up after."""
+    log_dir = Path(tempfile.mkdtemp(prefix="ckrv-gateway-"))
+    process, running = gateway_process(
+        nats_url=nats_url, database_url=database_url, log_dir=log_dir, switches=switches
+    )
+    await process.start()
+    try:
+        yield running
+    finally:
+        await process.stop()
+        shutil.rmtree(log_dir, ignore_errors=True)

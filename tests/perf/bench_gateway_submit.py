@@ -25,10 +25,7 @@ and one keep-alive connection, submit jobs with a 1.6 KB spec.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
-from pathlib import Path
 from uuid import UUID
 
 import asyncpg
@@ -37,13 +34,10 @@ import nats
 
 from ckrv.events.state import RequestCancel, decide
 from ckrv.events.store import JobEventStore
-from ckrv.services.common.db import create_schema
 from ckrv.services.gateway.identity.keys import SigningKeys
-from ckrv.services.stack.nats_server import NatsServer
-from ckrv.services.stack.ports import free_ports
-from ckrv.services.stack.postgres_server import PostgresServer
+from tests.perf.local_gateway import local_gateway
 from tests.perf.report import BenchmarkResult, Figure, latency_figures
-from tests.running_gateway import RunningGateway, gateway_process
+from tests.running_gateway import RunningGateway
 
 CLIENTS = 50
 SUBMISSIONS = 2_000
@@ -70,13 +64,6 @@ BODY = {
     "git_repo_url": "https://github.com/acme/orders-service.git",
     "git_base_branch": "main",
 }
-
-
-def server_dir() -> Path:
-    # PostgreSQL runs as `nobody` when the benchmark runs as root: it must pass through.
-    path = Path(tempfile.mkdtemp(prefix="ckrv-bench-gateway-"))
-    path.chmod(0o711)
-    return path
 
 
 class LagSampler:
@@ -260,26 +247,8 @@ async def measure(gateway: RunningGateway, nats_url: str, dsn: str) -> list[Figu
 
 
 async def run() -> BenchmarkResult:
-    state = server_dir()
-    nats_port, monitor_port, postgres_port = free_ports(3)
-    nats_server = NatsServer(state / "nats", port=nats_port, monitor_port=monitor_port)
-    postgres = PostgresServer(state / "postgres", port=postgres_port)
-    try:
-        await nats_server.start()
-        await postgres.start()
-        await create_schema(postgres.dsn)
-        process, gateway = gateway_process(
-            nats_url=nats_server.url, database_url=postgres.dsn, log_dir=state
-        )
-        await process.start()
-        try:
-            figures = await measure(gateway, nats_server.url, postgres.dsn)
-        finally:
-            await process.stop()
-    finally:
-        await postgres.stop()
-        await nats_server.stop()
-        shutil.rmtree(state, ignore_errors=True)
+    async with local_gateway() as local:
+        figures = await measure(local.gateway, local.nats_url, local.database_url)
     return BenchmarkResult(
         name="gateway_submit",
         description=(

@@ -13,7 +13,7 @@ from ckrv.services.common.db import create_schema
 from ckrv.services.stack.nats_server import NatsServer
 from ckrv.services.stack.ports import free_ports
 from ckrv.services.stack.postgres_server import PostgresServer
-from tests.running_gateway import RunningGateway, gateway_process
+from tests.running_gateway import RunningGateway, started_gateway
 
 
 @dataclass(frozen=True)
@@ -35,14 +35,8 @@ async def local_gateway() -> AsyncIterator[LocalGateway]:
         await nats_server.start()
         await postgres.start()
         await create_schema(postgres.dsn)
-        process, gateway = gateway_process(
-            nats_url=nats_server.url, database_url=postgres.dsn, log_dir=state
-        )
-        await process.start()
-        try:
+        async with started_gateway(nats_url=nats_server.url, database_url=postgres.dsn) as gateway:
             yield LocalGateway(gateway, nats_server.url, postgres.dsn)
-        finally:
-            await process.stop()
     finally:
         await postgres.stop()
         await nats_server.stop()

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import itertools
 import re
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
 import pytest
@@ -35,7 +32,7 @@ from tests.integration.gateway.activation_page import (
     poll_once,
     start_device_flow,
 )
-from tests.running_gateway import RunningGateway, gateway_process
+from tests.running_gateway import RunningGateway, started_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -308,19 +305,12 @@ async def closed_gateway(
     nats_server: NatsServer, postgres_server: PostgresServer, gateway: RunningGateway
 ) -> AsyncIterator[RunningGateway]:
     """A second gateway on the same servers, with sign-up turned off."""
-    log_dir = Path(tempfile.mkdtemp(prefix="ckrv-closed-gateway-"))
-    process, closed = gateway_process(
+    async with started_gateway(
         nats_url=nats_server.url,
         database_url=postgres_server.dsn,
-        log_dir=log_dir,
         switches={"CKRV_GATEWAY_ALLOW_SIGNUP": "false"},
-    )
-    await process.start()
-    try:
-        yield closed
-    finally:
-        await process.stop()
-        shutil.rmtree(log_dir, ignore_errors=True)
+    ) as second:
+        yield second
 
 
 async def test_sign_up_can_be_turned_off(

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -32,7 +29,7 @@ from tests.integration.gateway.lifecycle import (
     last_stream_sequence,
     stored_rows,
 )
-from tests.running_gateway import RunningGateway, gateway_process
+from tests.running_gateway import RunningGateway, started_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -45,19 +42,12 @@ async def cloud_gateway(
     nats_server: NatsServer, postgres_server: PostgresServer, gateway: RunningGateway
 ) -> AsyncIterator[RunningGateway]:
     """A second gateway replica on the same servers, without the local-repository switch."""
-    log_dir = Path(tempfile.mkdtemp(prefix="ckrv-cloud-gateway-"))
-    process, cloud = gateway_process(
+    async with started_gateway(
         nats_url=nats_server.url,
         database_url=postgres_server.dsn,
-        log_dir=log_dir,
         switches={"CKRV_GATEWAY_ALLOW_LOCAL_REPOSITORIES": "false"},
-    )
-    await process.start()
-    try:
-        yield cloud
-    finally:
-        await process.stop()
-        shutil.rmtree(log_dir, ignore_errors=True)
+    ) as second:
+        yield second
 
 
 @dataclass
