@@ -25,6 +25,7 @@ from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from ckrv.services.gateway.auth import CurrentUser
@@ -102,36 +103,39 @@ async def device_authorization(request: Request, context: ContextDep) -> JSONRes
     return await _oauth(request, context, handle)
 
 
+async def _exchange(
+    context: GatewayContext, exchange: Callable[[AsyncSession], Awaitable[dict[str, Any]]]
+) -> dict[str, Any]:
+    """Run one token exchange in a transaction that commits even when it is refused: a refusal
+    can carry state that must stick (a poll time and slowed interval, a revoked token family)."""
+    async with context.sessions() as session, session.begin():
+        try:
+            return await exchange(session)
+        except OAuth2Error as error:
+            refused = error
+    raise refused
+
+
 async def _device_code_grant(context: GatewayContext, parameters: dict[str, str]) -> dict[str, Any]:
     client_id = _client(parameters, context)
     device_code = _required(parameters, "device_code")
-    async with context.sessions() as session:
-        async with session.begin():
-            try:
-                return await poll_device_authorization(
-                    session, device_code, client_id, context.keys, context.identity
-                )
-            except OAuth2Error as error:
-                pending = error
-        # The poll time and a slowed interval are kept even though the answer is an error.
-        await session.commit()
-    raise pending
+    return await _exchange(
+        context,
+        lambda session: poll_device_authorization(
+            session, device_code, client_id, context.keys, context.identity
+        ),
+    )
 
 
 async def _refresh_grant(context: GatewayContext, parameters: dict[str, str]) -> dict[str, Any]:
     client_id = _client(parameters, context)
     refresh_token = _required(parameters, "refresh_token")
-    async with context.sessions() as session:
-        async with session.begin():
-            try:
-                return await rotate_refresh_token(
-                    session, refresh_token, client_id, context.keys, context.identity
-                )
-            except OAuth2Error as error:
-                refused = error
-        # A detected reuse revokes the family: that must stick although the answer is an error.
-        await session.commit()
-    raise refused
+    return await _exchange(
+        context,
+        lambda session: rotate_refresh_token(
+            session, refresh_token, client_id, context.keys, context.identity
+        ),
+    )
 
 
 @router.post("/auth/token", summary="Exchange a device code or a refresh token for tokens")
