@@ -19,9 +19,15 @@ def _free_run(length: int) -> int:
 
 
 def free_port_settings(state_dir: Path, **overrides: Any) -> StackSettings:
-    nats, nats_monitor, postgres = free_ports(3)
-    seaweed = SeaweedPorts.allocate()
     services = overrides.get("services", registered_services())
+    while True:
+        seaweed = SeaweedPorts.allocate()
+        nats, nats_monitor, postgres = free_ports(3)
+        services_port = _free_run(len(services))
+        plain = {nats, nats_monitor, postgres, *range(services_port, services_port + len(services))}
+        # Separate allocations may pick the same port twice; SeaweedFS's are not yet bound.
+        if not plain & set(seaweed.by_owner().values()):
+            break
     values: dict[str, Any] = {
         "state_dir": state_dir,
         "nats_port": nats,
@@ -36,7 +42,7 @@ def free_port_settings(state_dir: Path, **overrides: Any) -> StackSettings:
         "seaweed_filer_port": seaweed.filer,
         "seaweed_filer_grpc_port": seaweed.filer_grpc,
         "seaweed_admin_port": seaweed.admin,
-        "services_port": _free_run(len(services)),
+        "services_port": services_port,
     }
     return StackSettings(**(values | overrides))
 

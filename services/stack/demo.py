@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from ckrv.services.stack.launcher import GRPC_PORT_OFFSET, STACK_FILE
-from ckrv.services.stack.ports import free_port_with_partner, free_ports
+from ckrv.services.stack.ports import free_ports_apart
 
 STACK_READY_SECONDS = 120.0
 DEMO_REPOSITORY = "https://example.com/acme/service.git"
@@ -31,17 +31,17 @@ goal: 'Add a /health endpoint that answers {"status": "ok"}, with a test.'
 
 
 def stack_arguments(state_dir: Path) -> list[str]:
-    nats_port, monitor_port, postgres_port, services_port = free_ports(4)
-    seaweed = {
-        option: free_port_with_partner(GRPC_PORT_OFFSET)
-        for option in (
-            "--s3-port",
-            "--seaweed-master-port",
-            "--seaweed-volume-port",
-            "--seaweed-filer-port",
-            "--seaweed-admin-port",
-        )
-    }
+    seaweed_options = (
+        "--s3-port",
+        "--seaweed-master-port",
+        "--seaweed-volume-port",
+        "--seaweed-filer-port",
+        "--seaweed-admin-port",
+    )
+    # One allocation, so no plain port lands on a SeaweedFS port's gRPC partner.
+    allocated = free_ports_apart([0] * 4 + [GRPC_PORT_OFFSET] * len(seaweed_options))
+    nats_port, monitor_port, postgres_port, services_port = allocated[:4]
+    seaweed = dict(zip(seaweed_options, allocated[4:], strict=True))
     ports = {
         "--nats-port": nats_port,
         "--nats-monitor-port": monitor_port,

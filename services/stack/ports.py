@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import secrets
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
+from pathlib import Path
 
 from ckrv.services.stack.errors import StackError
 
 MAX_PORT = 65535
-_ATTEMPTS = 50
+_ATTEMPTS = 200
+LOWEST_ALLOCATED_PORT = 10000
+EPHEMERAL_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
 
 
 class PortInUseError(StackError):
@@ -50,22 +54,61 @@ def ensure_ports_free(wanted: Iterable[tuple[str, int]], host: str = "127.0.0.1"
             raise PortInUseError(f"port {port} ({owner}) on {host} is already in use")
 
 
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """`count` distinct ports that are free now (another process may still take them later)."""
-    with ExitStack() as held:
-        ports = []
-        # Every socket stays bound until all are chosen, so the kernel cannot hand out one twice.
-        for _ in range(count):
-            sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            _bind(sock, host, 0)
-            ports.append(int(sock.getsockname()[1]))
-    return ports
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path(EPHEMERAL_RANGE_FILE).read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
 
 
-def free_port_with_partner(offset: int, host: str = "127.0.0.1") -> int:
-    """A free port whose `port + offset` is free as well (SeaweedFS derives gRPC ports so)."""
+def _allocation_range(offset: int) -> range:
+    """Ports to pick from: below the ephemeral range, so no outgoing connection holds one.
+
+    A port the kernel handed out by `bind(0)` sits in the range it also uses for the
+    local end of outgoing connections; between our check and the server's bind, any
+    client in the machine may be given it. Ports below that range are only ever taken
+    by someone binding them on purpose.
+    """
+    ephemeral_low, _ = _ephemeral_range()
+    highest = min(ephemeral_low, MAX_PORT + 1) - 1 - offset
+    if highest - LOWEST_ALLOCATED_PORT < _ATTEMPTS:
+        return range(1024, MAX_PORT + 1 - offset)
+    return range(LOWEST_ALLOCATED_PORT, highest + 1)
+
+
+def _take_port(held: ExitStack, host: str, offset: int, taken: set[int]) -> int:
+    candidates = _allocation_range(offset)
     for _ in range(_ATTEMPTS):
-        (port,) = free_ports(1, host)
-        if port + offset <= MAX_PORT and is_port_free(port + offset, host):
-            return port
-    raise PortInUseError(f"found no free port pair {offset} apart on {host}")
+        port = secrets.choice(candidates)
+        if port in taken or port + offset in taken:
+            continue
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            _bind(sock, host, port)
+        except OSError:
+            sock.close()
+            continue
+        held.enter_context(sock)
+        if offset and not is_port_free(port + offset, host):
+            continue
+        taken.update({port, port + offset})
+        return port
+    raise PortInUseError(f"found no free port on {host} after {_ATTEMPTS} tries")
+
+
+def free_ports_apart(offsets: Sequence[int], host: str = "127.0.0.1") -> list[int]:
+    """One free port per entry of `offsets`, each with `port + offset` free as well.
+
+    An offset of 0 asks for a plain port; SeaweedFS derives gRPC ports as port + 10000.
+    All are distinct, and free now (another process may still take them later).
+    """
+    taken: set[int] = set()
+    # Every socket stays bound until all are chosen, so no port is handed out twice.
+    with ExitStack() as held:
+        return [_take_port(held, host, offset, taken) for offset in offsets]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct ports that are free now."""
+    return free_ports_apart([0] * count, host)

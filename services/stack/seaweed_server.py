@@ -20,7 +20,7 @@ from minio import Minio
 from minio.error import S3Error
 
 from ckrv.services.stack.errors import StackError
-from ckrv.services.stack.ports import free_port_with_partner, free_ports
+from ckrv.services.stack.ports import free_ports_apart
 from ckrv.services.stack.process import (
     DEFAULT_STOP_TIMEOUT_SECONDS,
     Supervised,
@@ -75,11 +75,7 @@ class SeaweedPorts:
     @classmethod
     def allocate(cls, host: str = "127.0.0.1") -> SeaweedPorts:
         """Ports that are all free right now."""
-        admin = free_port_with_partner(ADMIN_GRPC_OFFSET, host)
-        while True:
-            ports = free_ports(8, host)
-            if admin not in ports and admin + ADMIN_GRPC_OFFSET not in ports:
-                break
+        *ports, admin = free_ports_apart([0] * 8 + [ADMIN_GRPC_OFFSET], host)
         s3, s3_grpc, master, master_grpc, volume, volume_grpc, filer, filer_grpc = ports
         return cls(s3, s3_grpc, master, master_grpc, volume, volume_grpc, filer, filer_grpc, admin)
 

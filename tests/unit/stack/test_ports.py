@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
 from ckrv.services.stack.ports import (
     PortInUseError,
     ensure_ports_free,
-    free_port_with_partner,
     free_ports,
+    free_ports_apart,
     is_port_free,
 )
 
@@ -21,10 +22,19 @@ def test_free_ports_are_distinct_and_free() -> None:
     assert all(is_port_free(port) for port in ports)
 
 
-def test_a_partnered_port_has_its_partner_free() -> None:
-    port = free_port_with_partner(10000)
-    assert is_port_free(port)
-    assert is_port_free(port + 10000)
+def test_partnered_ports_have_their_partners_free_and_unshared() -> None:
+    plain, partnered, other = free_ports_apart([0, 10000, 10000])
+    in_use = [plain, partnered, partnered + 10000, other, other + 10000]
+    assert len(set(in_use)) == len(in_use)
+    assert all(is_port_free(port) for port in in_use)
+
+
+def test_ports_come_from_below_the_ephemeral_range() -> None:
+    # Outgoing connections take their local port from the ephemeral range; a port
+    # chosen there could be taken by any client before the server binds it.
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert all(port < ephemeral_low for port in free_ports(20))
+    assert all(port + 10000 < ephemeral_low for port in free_ports_apart([10000] * 5))
 
 
 def test_a_listening_port_is_named_with_its_owner() -> None:
