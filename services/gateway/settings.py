@@ -21,6 +21,12 @@ class GatewaySettings(ServiceSettings):
     upgrade_url: str = Field(
         default="https://ckrv.dev/pricing", description="Where a user over quota can upgrade."
     )
+    database_pool_size: int = Field(
+        default=30,
+        ge=1,
+        le=200,
+        description="PostgreSQL connections kept for requests (10 more open under bursts).",
+    )
     publish_timeout_seconds: float = Field(
         default=2.0, gt=0, description="How long a submission waits for JetStream's ack."
     )

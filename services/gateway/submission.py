@@ -126,7 +126,7 @@ def validated_submission(body: JobCreate, *, allow_local: bool) -> str:
 
 async def submit_job(
     context: GatewayContext,
-    user: User,
+    user_id: UUID,
     body: JobCreate,
     idempotency_key: str | None,
     *,
@@ -137,7 +137,7 @@ async def submit_job(
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
         raise validation_error("Idempotency-Key", "must be 1 to 255 characters")
     request = _Request(
-        user_id=user.id,
+        user_id=user_id,
         body=body,
         spec_id=spec_id,
         idempotency_key=idempotency_key,

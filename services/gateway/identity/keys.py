@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 ALGORITHM = "RS256"
 AUDIENCE = "ckrv-api"
 CLOCK_SKEW_SECONDS = 30
+# Verified tokens remembered, so a client's next requests skip the RSA check and claims parsing.
+VERIFIED_TOKENS_REMEMBERED = 4096
 
 
 class InvalidAccessToken(Exception):
@@ -65,6 +67,7 @@ class SigningKeys:
             sub={"essential": True},
             exp={"essential": True},
         )
+        self._verified: dict[str, AccessClaims] = {}
 
     @classmethod
     def from_json(cls, text: str, *, issuer: str) -> SigningKeys:
@@ -100,6 +103,19 @@ class SigningKeys:
 
     def verify(self, token: str) -> AccessClaims:
         """The token's claims if this service signed it and it is current; else raise."""
+        remembered = self._verified.get(token)
+        # Claims only become more valid with time (`nbf`, `iat`), except expiry; a token in
+        # its clock-skew grace goes through the whole check again.
+        if remembered is not None and time.time() < remembered.expires_at:
+            return remembered
+        claims = self._verify_signed(token)
+        if len(self._verified) >= VERIFIED_TOKENS_REMEMBERED:
+            # Dicts keep insertion order: the oldest entry goes first.
+            del self._verified[next(iter(self._verified))]
+        self._verified[token] = claims
+        return claims
+
+    def _verify_signed(self, token: str) -> AccessClaims:
         try:
             decoded = jwt.decode(token, self._keys, algorithms=[ALGORITHM])
             if decoded.header.get("kid") not in self._kids:

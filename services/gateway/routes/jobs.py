@@ -24,7 +24,7 @@ from ckrv.schemas.api import (
     JobsPublic,
     JobStatus,
 )
-from ckrv.services.gateway.auth import CurrentUser
+from ckrv.services.gateway.auth import CallerId, CurrentUser
 from ckrv.services.gateway.context import ContextDep, GatewayContext, SessionDep
 from ckrv.services.gateway.errors import ApiError, not_found, validation_error
 from ckrv.services.gateway.presenter import present_all
@@ -69,7 +69,7 @@ async def presented(session: AsyncSession, user: User, record: JobRecord) -> Job
 async def create_job(
     body: JobCreate,
     *,
-    user: CurrentUser,
+    user_id: CallerId,
     context: ContextDep,
     session: SessionDep,
     response: Response,
@@ -79,7 +79,7 @@ async def create_job(
     ] = None,
 ) -> JobPublic:
     """Submit a job; it is accepted at once and runs in the background."""
-    submission = await submit_job(context, user, body, idempotency_key, session=session)
+    submission = await submit_job(context, user_id, body, idempotency_key, session=session)
     if not submission.created:
         response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"/v1/jobs/{submission.job.id}"

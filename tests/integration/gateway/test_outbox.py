@@ -93,7 +93,7 @@ async def test_a_job_accepted_while_nats_is_down_gets_its_event_exactly_once(
     # The publish step dies: JetStream is gone between the commit and the append.
     await own_nats.stop()
     body = JobCreate(spec_content=SPEC, git_repo_url="https://example.com/acme/app.git")
-    submission = await submit_job(context, user, body, idempotency_key=None)
+    submission = await submit_job(context, user.id, body, idempotency_key=None)
     job_id = submission.job.id
     assert submission.created
 
@@ -126,7 +126,7 @@ async def test_relaying_an_event_the_request_already_published_adds_nothing(
 ) -> None:
     context, user = accepting.context, accepting.user
     body = JobCreate(spec_content=SPEC, git_repo_url="https://example.com/acme/app.git")
-    job_id = (await submit_job(context, user, body, idempotency_key=None)).job.id
+    job_id = (await submit_job(context, user.id, body, idempotency_key=None)).job.id
     async with context.sessions() as session, session.begin():
         # As if the process died after the append but before marking the row.
         outbox = (

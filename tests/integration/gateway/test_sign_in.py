@@ -271,9 +271,11 @@ async def test_bad_access_tokens_are_refused(
     }
     for reason, token in bad_tokens.items():
         with api(gateway, token) as client:
-            response = client.get("/users/me")
-        assert response.status_code == 401, reason
-        assert response.json()["error"] == "unauthorized", reason
+            # Reading the user, and submitting, which checks the token without reading it.
+            responses = [client.get("/users/me"), client.post("/jobs", json=job_body())]
+        for response in responses:
+            assert response.status_code == 401, reason
+            assert response.json()["error"] == "unauthorized", reason
 
 
 async def test_one_users_token_never_reaches_another_users_jobs(
