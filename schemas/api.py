@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import enum
+import re
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 
 class JobStatus(enum.StrEnum):
@@ -113,6 +115,90 @@ class UsagePublic(BaseModel):
     overage_jobs: int
     overage_amount_cents: int
     overage_amount: str = Field(description="The overage amount in dollars, e.g. `1.50`.")
+
+
+class GitProvider(enum.StrEnum):
+    GITHUB = "github"
+    GITLAB = "gitlab"
+    BITBUCKET = "bitbucket"
+    GENERIC = "generic"
+
+
+class GitCredentialType(enum.StrEnum):
+    PAT = "pat"
+    DEPLOY_KEY = "deploy_key"
+
+
+CREDENTIAL_NAME_PATTERN = r"^[a-z0-9-]{1,50}$"
+MAX_CREDENTIAL_BYTES = 16 * 1024
+# OpenSSH's own armour and PEM's (PKCS#1 `RSA`/`EC`/`DSA`, PKCS#8 plain or `ENCRYPTED`).
+_PRIVATE_KEY = re.compile(
+    r"-----BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY)-----\r?\n.+?\r?\n-----END \1-----", re.DOTALL
+)
+_PUBLIC_KEY = re.compile(r"^(ssh-|ecdsa-|sk-)\S+ |-----BEGIN (SSH2 |RSA )?PUBLIC KEY-----")
+_TOKEN = re.compile(r"[\x21-\x7e]+")
+
+
+def _invalid(message: str) -> PydanticCustomError:
+    # Not a ValueError: its message would read "Value error, …".
+    return PydanticCustomError("invalid_credential_value", message)
+
+
+class GitCredentialCreate(BaseModel):
+    """A git credential to store; its value can never be read back through the API."""
+
+    # The value must not be echoed in error messages either.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    name: str = Field(
+        pattern=CREDENTIAL_NAME_PATTERN,
+        description="How jobs name it (`git_credential_name`): lower-case letters, digits, `-`.",
+    )
+    provider: GitProvider
+    credential_type: GitCredentialType = GitCredentialType.PAT
+    value: SecretStr = Field(
+        description="A personal access token (one line), or a deploy key's private key "
+        "(OpenSSH or PEM armour); at most 16 KiB. Write-only."
+    )
+
+    @field_validator("value")
+    @classmethod
+    def _value_fits_type(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        text = value.get_secret_value()
+        if not text.strip():
+            raise _invalid("is empty")
+        if len(text.encode()) > MAX_CREDENTIAL_BYTES:
+            raise _invalid(f"is larger than {MAX_CREDENTIAL_BYTES // 1024} KiB")
+        credential_type = info.data.get("credential_type")
+        if credential_type is GitCredentialType.DEPLOY_KEY:
+            key = text.strip()
+            if _PUBLIC_KEY.match(key):
+                raise _invalid("is a public key; a deploy key credential holds the private key")
+            if not _PRIVATE_KEY.fullmatch(key):
+                raise _invalid(
+                    "is not a private key: expected OpenSSH or PEM armour "
+                    "(-----BEGIN … PRIVATE KEY----- … -----END … PRIVATE KEY-----)"
+                )
+            # ssh refuses a key file whose last line has no newline.
+            return SecretStr(key + "\n")
+        if credential_type is GitCredentialType.PAT and not _TOKEN.fullmatch(text):
+            raise _invalid("a token is one line of visible ASCII characters, without spaces")
+        return value
+
+
+class GitCredentialPublic(BaseModel):
+    """A stored git credential as its owner sees it: everything but the value."""
+
+    id: UUID
+    name: str
+    provider: GitProvider
+    credential_type: GitCredentialType
+    created_at: datetime
+    last_used_at: datetime | None = Field(description="When a job last used it; null if never.")
+
+
+class GitCredentialsPublic(BaseModel):
+    credentials: list[GitCredentialPublic]
 
 
 class ErrorBody(BaseModel):

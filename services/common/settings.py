@@ -8,13 +8,20 @@ process can never start on development credentials by accident.
 
 from __future__ import annotations
 
+import base64
 import enum
 from typing import Any, Self
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ckrv.services.common.sealing import KeyRing, KeyRingError
+
 DEV_DEFAULT_MARK = "dev_default"
+# Well known, like the other development defaults; the local stack generates a key of its own.
+DEVELOPMENT_CREDENTIAL_KEYS = (
+    "dev:" + base64.b64encode(b"ckrv-development-key-not-secret!").decode()
+)
 
 
 class Environment(enum.StrEnum):
@@ -65,7 +72,8 @@ class CkrvSettings(BaseSettings):
 class CommonSettings(CkrvSettings):
     """Connections every service shares."""
 
-    model_config = SettingsConfigDict(env_prefix="CKRV_")
+    # A malformed secret is reported by its variable's name, never echoed.
+    model_config = SettingsConfigDict(env_prefix="CKRV_", hide_input_in_errors=True)
 
     nats_url: str = dev_default("nats://127.0.0.1:4222", "NATS server URL(s), comma-separated.")
     database_url: SecretStr = dev_default(
@@ -79,6 +87,23 @@ class CommonSettings(CkrvSettings):
     s3_region: str = Field(default="us-east-1", description="Region used to sign S3 requests.")
     log_level: str = Field(default="INFO", description="Root log level.")
     log_format: str = Field(default="json", description="`json` (one object a line) or `text`.")
+    credential_keys: SecretStr = dev_default(
+        SecretStr(DEVELOPMENT_CREDENTIAL_KEYS),
+        "AES keys that encrypt stored git credentials, `kid:base64key,kid2:base64key`: "
+        "the first encrypts, every one decrypts (to rotate, put a new key first).",
+    )
+
+    @field_validator("credential_keys")
+    @classmethod
+    def _credential_keys_parse(cls, keys: SecretStr) -> SecretStr:
+        try:
+            KeyRing.parse(keys.get_secret_value())
+        except KeyRingError as error:
+            raise ValueError(f"{cls.env_var('credential_keys')}: {error}") from None
+        return keys
+
+    def credential_key_ring(self) -> KeyRing:
+        return KeyRing.parse(self.credential_keys.get_secret_value())
 
 
 class ServiceSettings(CkrvSettings):

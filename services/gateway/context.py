@@ -11,6 +11,7 @@ from nats.aio.client import Client
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ckrv.events.store import JobEventStore
+from ckrv.services.common.sealing import KeyRing
 from ckrv.services.gateway.identity.flows import IdentityPolicy
 from ckrv.services.gateway.identity.keys import SigningKeys
 from ckrv.services.gateway.outbox import PublishedMarks
@@ -25,6 +26,8 @@ class GatewayContext:
     store: JobEventStore
     keys: SigningKeys
     identity: IdentityPolicy
+    # Seals stored git credentials (CKRV_CREDENTIAL_KEYS).
+    credential_keys: KeyRing
     # Marks submissions' events published in batches; without it each is marked at once.
     published: PublishedMarks | None = None
 

@@ -63,6 +63,7 @@ class GatewayService(Service):
             store=JobEventStore(self._nats),
             keys=keys,
             identity=identity,
+            credential_keys=self._common.credential_key_ring(),
             published=PublishedMarks(session_factory(self._marks_engine)),
         )
 

@@ -31,7 +31,7 @@ from ckrv.services.stack.process import Supervised
 from ckrv.services.stack.provision import provision
 from ckrv.services.stack.seaweed_server import DEFAULT_BUCKET, SeaweedPorts, SeaweedServer
 from ckrv.services.stack.service_process import ServiceProcess, connection_environment
-from ckrv.services.stack.state import write_private_file
+from ckrv.services.stack.state import development_credential_keys, write_private_file
 
 STACK_FILE = "stack.json"
 LOCK_FILE = "stack.lock"
@@ -239,7 +239,7 @@ class Stack:
             raise StackError(f"provisioning failed: {type(error).__name__}: {error}") from error
         outcomes = ", ".join(f"{stream} {outcome}" for stream, outcome in streams.items())
         self._say(f"  streams    {outcomes}; database schema up to date")
-        connections = connection_environment(self.nats, self.postgres, self.s3)
+        connections = self._connections()
         service_stop = settings.stop_timeout_seconds * SERVICES_STOP_SHARE
         self.services = [
             ServiceProcess(
@@ -327,8 +327,14 @@ class Stack:
                 "bucket": self.s3.bucket,
             },
             "services": {service.name: {"url": service.url} for service in self.services},
-            "environment": connection_environment(self.nats, self.postgres, self.s3),
+            "environment": self._connections(),
         }
+
+    def _connections(self) -> dict[str, str]:
+        credential_keys = development_credential_keys(self.state_dir)
+        return connection_environment(
+            self.nats, self.postgres, self.s3, credential_keys=credential_keys
+        )
 
     def _write_stack_file(self) -> None:
         write_private_file(self.stack_file, json.dumps(self.endpoints(), indent=2) + "\n")

@@ -18,11 +18,12 @@ DEVELOPMENT_SWITCHES = {
 
 
 def connection_environment(
-    nats: NatsServer, postgres: PostgresServer, s3: SeaweedServer
+    nats: NatsServer, postgres: PostgresServer, s3: SeaweedServer, *, credential_keys: str
 ) -> dict[str, str]:
-    """The `CKRV_*` variables that point a service at the stack's servers."""
+    """The `CKRV_*` variables that point a service at the stack's servers and its keys."""
     return {
         "CKRV_ENV": "dev",
+        "CKRV_CREDENTIAL_KEYS": credential_keys,
         "CKRV_NATS_URL": nats.url,
         "CKRV_DATABASE_URL": postgres.dsn,
         "CKRV_S3_ENDPOINT": s3.endpoint,

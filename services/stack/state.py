@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ckrv.services.common.sealing import generate_key_entry
 from ckrv.services.stack.process import RunAs
+
+CREDENTIAL_KEYS_FILE = "credential-keys"
 
 
 def write_private_file(path: Path, text: str, owner: RunAs | None = None) -> None:
@@ -22,3 +25,15 @@ def write_private_file(path: Path, text: str, owner: RunAs | None = None) -> Non
     if owner is not None:
         os.chown(partial, owner.uid, owner.gid)
     partial.replace(path)
+
+
+def development_credential_keys(state_dir: Path) -> str:
+    """The key ring sealing the stack's git credentials (`CKRV_CREDENTIAL_KEYS`).
+
+    Generated on first use and kept in the state folder, so stored credentials still
+    open after a restart; to rotate, put a new `kid:base64key` entry first in the file.
+    """
+    path = state_dir / CREDENTIAL_KEYS_FILE
+    if not path.exists():
+        write_private_file(path, generate_key_entry("local") + "\n")
+    return path.read_text().strip()

@@ -18,6 +18,8 @@ from ckrv.events.streams import provision_streams
 from ckrv.schemas.api import JobCreate
 from ckrv.services.common.connections import connect_nats
 from ckrv.services.common.db import create_engine, create_schema, session_factory
+from ckrv.services.common.sealing import KeyRing
+from ckrv.services.common.settings import DEVELOPMENT_CREDENTIAL_KEYS
 from ckrv.services.gateway.context import GatewayContext
 from ckrv.services.gateway.identity.config import load_identity
 from ckrv.services.gateway.settings import GatewaySettings
@@ -75,6 +77,7 @@ async def accepting(
             store=JobEventStore(nc),
             keys=keys,
             identity=identity,
+            credential_keys=KeyRing.parse(DEVELOPMENT_CREDENTIAL_KEYS),
         )
         user = User(id=uuid4(), email=f"{uuid4().hex}@example.com", subscription_tier="pro")
         async with context.sessions() as session, session.begin():

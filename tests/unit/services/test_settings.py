@@ -28,6 +28,7 @@ def test_production_refuses_every_dev_default_by_its_variable_name() -> None:
         "CKRV_S3_ENDPOINT",
         "CKRV_S3_ACCESS_KEY",
         "CKRV_S3_SECRET_KEY",
+        "CKRV_CREDENTIAL_KEYS",
     ):
         assert variable in message
     assert "CKRV_S3_BUCKET" not in message
@@ -47,6 +48,7 @@ def test_production_with_explicit_values_is_accepted(monkeypatch: pytest.MonkeyP
         "CKRV_S3_ENDPOINT": "https://s3.internal",
         "CKRV_S3_ACCESS_KEY": "AKIA",
         "CKRV_S3_SECRET_KEY": "very-secret",
+        "CKRV_CREDENTIAL_KEYS": "k1:" + "QUFB" * 8,
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
