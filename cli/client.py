@@ -35,7 +35,16 @@ from ckrv.cli.config import (
 )
 from ckrv.cli.credentials import StoredLogin, open_credential_store
 from ckrv.cli.errors import CloudError, SessionEndedError
-from ckrv.cli.models import ApiModel, DeviceAuthorization, Job, JobPage, TokenPair, User
+from ckrv.cli.models import (
+    ApiModel,
+    DeviceAuthorization,
+    GitCredential,
+    GitCredentialList,
+    Job,
+    JobPage,
+    TokenPair,
+    User,
+)
 from ckrv.cli.profiles import login_command
 
 ModelT = TypeVar("ModelT", bound=ApiModel)
@@ -164,6 +173,34 @@ class CloudClient:
     def me(self) -> User:
         path = "users/me"
         return self._model(User, self._request("GET", path, idempotent=True), "GET", path)
+
+    def add_credential(
+        self, *, name: str, provider: str, credential_type: str, value: str
+    ) -> GitCredential:
+        """`POST /credentials`: the stored credential; `conflict` (409) when the name is taken."""
+        body = self._request(
+            "POST",
+            "credentials",
+            json={
+                "name": name,
+                "provider": provider,
+                "credential_type": credential_type,
+                "value": value,
+            },
+            # Sent again after a lost answer, it would be refused as a taken name.
+            idempotent=False,
+        )
+        return self._model(GitCredential, body, "POST", "credentials")
+
+    def list_credentials(self) -> GitCredentialList:
+        body = self._request("GET", "credentials", idempotent=True)
+        return self._model(GitCredentialList, body, "GET", "credentials")
+
+    def remove_credential(self, name: str) -> None:
+        """`DELETE /credentials/{name}`; `not_found` (404) when there is none of that name."""
+        self._request(
+            "DELETE", f"credentials/{quote(name, safe='')}", idempotent=False, decode=False
+        )
 
     # Sign-in endpoints: no bearer token; the client id says which client asks.
 

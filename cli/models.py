@@ -90,6 +90,21 @@ class User(ApiModel):
     billing_cycle_end: Timestamp | None = None
 
 
+class GitCredential(ApiModel):
+    """A stored git credential as the service shows it: never its value."""
+
+    id: str
+    name: str
+    provider: str
+    credential_type: str
+    created_at: Timestamp
+    last_used_at: Timestamp | None = None
+
+
+class GitCredentialList(ApiModel):
+    credentials: list[GitCredential]
+
+
 class DeviceAuthorization(ApiModel):
     """`POST /auth/device`: what the user enters where, and how the CLI polls (RFC 8628 §3.2)."""
 

@@ -13,6 +13,7 @@ import cyclopts
 from cyclopts import Parameter
 
 from ckrv.cli.client import CloudClient, login_from_tokens
+from ckrv.cli.commands.credentials import credentials
 from ckrv.cli.config import Settings, token_from_environment
 from ckrv.cli.credentials import (
     CredentialStore,
@@ -30,8 +31,10 @@ from ckrv.cli.render import format_time
 
 cloud = cyclopts.App(
     name="cloud",
-    help="Log in to Chakravarti Cloud, log out, and see who you are logged in as.",
+    help="Log in to Chakravarti Cloud, log out, see who you are logged in as, "
+    "and manage the git credentials jobs clone with.",
 )
+cloud.command(credentials)
 
 
 @cloud.command

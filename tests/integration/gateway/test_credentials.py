@@ -17,20 +17,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
 
 from ckrv.schemas.api import MAX_CREDENTIAL_BYTES, GitCredentialType, GitProvider
-from ckrv.services.common.credentials import GitCredential, OpenedCredential, open_credential
+from ckrv.services.common.credentials import GitCredential
 from ckrv.services.common.db import session_factory
-from ckrv.services.common.sealing import KeyRing
-from ckrv.services.common.settings import DEVELOPMENT_CREDENTIAL_KEYS
 from tests.integration.gateway.conftest import ClientFactory
-from tests.integration.gateway.credential_values import new_deploy_key, new_name, new_token
+from tests.integration.gateway.credentials import new_deploy_key, new_name, new_token, opened
 from tests.integration.gateway.jobs import job_body
 from tests.running_gateway import RunningGateway
 
 pytestmark = pytest.mark.integration
 
 PUBLIC_FIELDS = {"id", "name", "provider", "credential_type", "created_at", "last_used_at"}
-# The session's gateway runs in development without CKRV_CREDENTIAL_KEYS.
-GATEWAY_KEYS = KeyRing.parse(DEVELOPMENT_CREDENTIAL_KEYS)
 
 
 def user_id(client: httpx.Client) -> UUID:
@@ -47,11 +43,6 @@ def listed(client: httpx.Client) -> list[dict[str, Any]]:
     assert response.status_code == 200, response.text
     credentials: list[dict[str, Any]] = response.json()["credentials"]
     return credentials
-
-
-async def opened(database: AsyncEngine, owner: UUID, name: str) -> OpenedCredential | None:
-    async with session_factory(database)() as session, session.begin():
-        return await open_credential(session, GATEWAY_KEYS, owner, name)
 
 
 async def rows_of(database: AsyncEngine, owner: UUID) -> int:

@@ -22,7 +22,7 @@ from ckrv.services.common.settings import DEVELOPMENT_CREDENTIAL_KEYS
 from ckrv.services.stack.nats_server import NatsServer
 from ckrv.services.stack.postgres_server import PostgresServer
 from tests.integration.gateway.conftest import ClientFactory
-from tests.integration.gateway.credential_values import new_name, new_token
+from tests.integration.gateway.credentials import new_name, new_token
 from tests.running_gateway import RunningGateway, started_gateway
 
 pytestmark = pytest.mark.integration
