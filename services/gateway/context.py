@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from nats.aio.client import Client
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from ckrv.events.store import JobEventStore
 from ckrv.services.common.sealing import KeyRing
@@ -21,6 +21,8 @@ from ckrv.services.gateway.settings import GatewaySettings
 @dataclass(frozen=True)
 class GatewayContext:
     settings: GatewaySettings
+    # The engine behind `sessions`, for statements run on its connections directly.
+    engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     nats: Client
     store: JobEventStore

@@ -58,6 +58,7 @@ class GatewayService(Service):
         keys, identity = load_identity(self._settings)
         self.app.state.context = GatewayContext(
             settings=self._settings,
+            engine=self._engine,
             sessions=session_factory(self._engine),
             nats=self._nats,
             store=JobEventStore(self._nats),

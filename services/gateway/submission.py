@@ -18,9 +18,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
-from sqlalchemy import BindParameter, Insert, bindparam, func, insert, select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+import asyncpg
+from asyncpg.exceptions import UniqueViolationError
+from sqlalchemy import BindParameter, bindparam, delete, func, insert, or_, select
 from sqlmodel import SQLModel, col
 
 from ckrv.events.catalog import JobEvent, JobSubmittedData, parse_event
@@ -29,7 +29,8 @@ from ckrv.events.state import SubmitJob, decide, evolve, initial_state
 from ckrv.schemas.api import JobCreate, JobPublic, SubscriptionTier
 from ckrv.schemas.git import GitInputError, validate_branch_name, validate_repository_url
 from ckrv.schemas.spec import SpecError, parse_spec
-from ckrv.services.common.credentials import credential_exists
+from ckrv.services.common.credentials import GitCredential
+from ckrv.services.common.driver_sql import DriverStatement, driver_transaction
 from ckrv.services.common.tiers import TIERS, billing_cycle
 from ckrv.services.gateway.context import GatewayContext
 from ckrv.services.gateway.errors import ApiError, validation_error
@@ -52,22 +53,49 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 255
 UNFINISHED_STATUSES = ("pending", "running")
 
 
-# The statements of an acceptance, built once: building one costs more than running it.
-_LOCK_OWNER = (
+# The statements of an acceptance, compiled once and run on asyncpg: preparing and running
+# them through SQLAlchemy cost more than everything else a submission does.
+_LOCK_OWNER = DriverStatement(
     select(col(User.subscription_tier))
     .where(col(User.id) == bindparam("user_id"))
     .with_for_update()
 )
 # Jobs charged this cycle, jobs not finished, and the typical run time on the repository.
-_ACCOUNT = select(
-    CHARGED_JOBS.scalar_subquery(),
-    select(func.count())
-    .where(
-        col(JobRecord.user_id) == bindparam("user_id"),
-        col(JobRecord.status).in_(UNFINISHED_STATUSES),
+_ACCOUNT = DriverStatement(
+    select(
+        CHARGED_JOBS.scalar_subquery(),
+        select(func.count())
+        .where(
+            col(JobRecord.user_id) == bindparam("user_id"),
+            or_(*(col(JobRecord.status) == status for status in UNFINISHED_STATUSES)),
+        )
+        .scalar_subquery(),
+        TYPICAL_DURATION.scalar_subquery(),
     )
-    .scalar_subquery(),
-    TYPICAL_DURATION.scalar_subquery(),
+)
+_CREDENTIAL = DriverStatement(
+    select(col(GitCredential.id)).where(
+        col(GitCredential.user_id) == bindparam("user_id"),
+        col(GitCredential.name) == bindparam("name"),
+    )
+)
+_KEY = DriverStatement(
+    select(
+        col(IdempotencyKey.created_at),
+        col(IdempotencyKey.request_hash),
+        col(IdempotencyKey.job_id),
+    )
+    .where(
+        col(IdempotencyKey.user_id) == bindparam("user_id"),
+        col(IdempotencyKey.key) == bindparam("key"),
+    )
+    .with_for_update()
+)
+_DELETE_KEY = DriverStatement(
+    delete(IdempotencyKey).where(
+        col(IdempotencyKey.user_id) == bindparam("user_id"),
+        col(IdempotencyKey.key) == bindparam("key"),
+    )
 )
 
 
@@ -77,7 +105,7 @@ def _row_of(table: type[SQLModel], prefix: str) -> dict[str, BindParameter[Any]]
     return {column.name: bindparam(prefix + column.name, type_=column.type) for column in columns}
 
 
-def _insert_accepted(*, with_key: bool) -> Insert:
+def _insert_accepted(*, with_key: bool) -> DriverStatement:
     """The accepted job's rows in one statement: the jobs row, the outbox event and the
     quota charge (and the idempotency key) as data-modifying CTEs of one INSERT."""
     parts = [
@@ -87,7 +115,9 @@ def _insert_accepted(*, with_key: bool) -> Insert:
     if with_key:
         key = insert(IdempotencyKey).values(_row_of(IdempotencyKey, "key_"))
         parts.append(key.cte("accepted_key"))
-    return insert(QuotaCharge).values(_row_of(QuotaCharge, "charge_")).add_cte(*parts)
+    return DriverStatement(
+        insert(QuotaCharge).values(_row_of(QuotaCharge, "charge_")).add_cte(*parts)
+    )
 
 
 _INSERT_ACCEPTED = _insert_accepted(with_key=False)
@@ -129,10 +159,8 @@ async def submit_job(
     user_id: UUID,
     body: JobCreate,
     idempotency_key: str | None,
-    *,
-    session: AsyncSession | None = None,
 ) -> Submission:
-    """Accept the job (in `session`, the request's, or one of its own) and publish its event."""
+    """Accept the job and publish its event."""
     spec_id = validated_submission(body, allow_local=context.settings.allow_local_repositories)
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
         raise validation_error("Idempotency-Key", "must be 1 to 255 characters")
@@ -143,10 +171,7 @@ async def submit_job(
         idempotency_key=idempotency_key,
         fingerprint=request_fingerprint(body) if idempotency_key is not None else None,
     )
-    if session is None:
-        async with context.sessions() as own:
-            return await _submit(context, own, request)
-    return await _submit(context, session, request)
+    return await _submit(context, request)
 
 
 @dataclass(frozen=True)
@@ -158,15 +183,18 @@ class _Request:
     fingerprint: str | None
 
 
-async def _submit(context: GatewayContext, session: AsyncSession, request: _Request) -> Submission:
+async def _submit(context: GatewayContext, request: _Request) -> Submission:
     try:
-        submission, event = await _accept(context, session, request)
-    except IntegrityError:
+        outcome = await _accept(context, request)
+    except UniqueViolationError:
         # A concurrent request with the same key won the insert: answer as its replay.
         if request.idempotency_key is None:
             raise
-        submission, event = await _accept(context, session, request)
-    if event is not None and await _append_first_event(context, event):
+        outcome = await _accept(context, request)
+    if isinstance(outcome, UUID):
+        return await _replayed(context, request.user_id, outcome)
+    submission, event = outcome
+    if await _append_first_event(context, event):
         if context.published is not None:
             context.published.add(event.id)
         else:
@@ -174,29 +202,28 @@ async def _submit(context: GatewayContext, session: AsyncSession, request: _Requ
     return submission
 
 
-async def _accept(
-    context: GatewayContext, session: AsyncSession, request: _Request
-) -> tuple[Submission, JobEvent | None]:
+async def _accept(context: GatewayContext, request: _Request) -> tuple[Submission, JobEvent] | UUID:
+    """The accepted job and its event, or the id of the job an earlier request made."""
     now = datetime.now(UTC)
     user_id, body = request.user_id, request.body
     repository = body.git_repo_url.strip()
-    async with session.begin():
-        # Core statements on the connection: the ORM's bookkeeping is not needed here.
-        connection = await session.connection()
+    async with driver_transaction(context.engine) as connection:
         # One submission of a user at a time: the quota check and charge cannot interleave.
-        tier_name = await connection.scalar(_LOCK_OWNER, {"user_id": user_id})
+        tier_name = await _LOCK_OWNER.fetchval(connection, {"user_id": user_id})
         if tier_name is None:
             raise ApiError(401, "unauthorized", "the user no longer exists")
         if request.idempotency_key is not None:
             assert request.fingerprint is not None
-            replay = await _replay(
-                session, user_id, request.idempotency_key, request.fingerprint, now
+            replayed = await _earlier_job(
+                connection, user_id, request.idempotency_key, request.fingerprint, now
             )
-            if replay is not None:
-                (job,) = await present_all(session, user_id, [replay])
-                return Submission(job, created=False), None
-        if body.git_credential_name is not None and not await credential_exists(
-            session, user_id, body.git_credential_name
+            if replayed is not None:
+                return replayed
+        if body.git_credential_name is not None and (
+            await _CREDENTIAL.fetchval(
+                connection, {"user_id": user_id, "name": body.git_credential_name}
+            )
+            is None
         ):
             raise validation_error(
                 "git_credential_name",
@@ -207,12 +234,11 @@ async def _accept(
         limits = TIERS[tier]
         cycle = billing_cycle(now)
         # Quota, unfinished jobs and the completion estimate, in one round trip.
-        charged, unfinished, typical = (
-            await connection.execute(
-                _ACCOUNT,
-                {"user_id": user_id, "cycle_start": cycle.start, "repository": repository},
-            )
-        ).one()
+        account = await _ACCOUNT.fetchrow(
+            connection, {"user_id": user_id, "cycle_start": cycle.start, "repository": repository}
+        )
+        assert account is not None
+        charged, unfinished, typical = account
         overage = charged >= limits.included_jobs
         if overage and limits.overage_cents_per_job is None:
             raise ApiError(
@@ -268,7 +294,7 @@ async def _accept(
             "charge_refunded_at": None,
         }
         if request.idempotency_key is None:
-            await connection.execute(_INSERT_ACCEPTED, rows)
+            await _INSERT_ACCEPTED.execute(connection, rows)
         else:
             rows |= {
                 "key_user_id": user_id,
@@ -277,29 +303,40 @@ async def _accept(
                 "key_job_id": job_id,
                 "key_created_at": now,
             }
-            await connection.execute(_INSERT_ACCEPTED_WITH_KEY, rows)
+            await _INSERT_ACCEPTED_WITH_KEY.execute(connection, rows)
     durations = {repository: typical} if typical is not None else {}
     return Submission(present(JobRecord(**values), durations, now), created=True), event
 
 
-async def _replay(
-    session: AsyncSession, user_id: UUID, key: str, fingerprint: str, now: datetime
-) -> JobRecord | None:
-    stored = await session.get(IdempotencyKey, (user_id, key), with_for_update=True)
+async def _earlier_job(
+    connection: asyncpg.Connection, user_id: UUID, key: str, fingerprint: str, now: datetime
+) -> UUID | None:
+    """The job an earlier request with this key made, if the key is current and matches."""
+    identity = {"user_id": user_id, "key": key}
+    stored = await _KEY.fetchrow(connection, identity)
     if stored is None:
         return None
-    if stored.created_at < now - IDEMPOTENCY_WINDOW:
-        await session.delete(stored)
-        await session.flush()
+    created_at, request_hash, job_id = stored
+    if created_at < now - IDEMPOTENCY_WINDOW:
+        await _DELETE_KEY.execute(connection, identity)
         return None
-    if stored.request_hash != fingerprint:
+    if request_hash != fingerprint:
         raise ApiError(
             409,
             "idempotency_conflict",
             "this Idempotency-Key was used for a different request in the last 24 hours",
-            job_id=str(stored.job_id),
+            job_id=str(job_id),
         )
-    return await session.get(JobRecord, stored.job_id)
+    earlier: UUID = job_id
+    return earlier
+
+
+async def _replayed(context: GatewayContext, user_id: UUID, job_id: UUID) -> Submission:
+    async with context.sessions() as session:
+        record = await session.get(JobRecord, job_id)
+        assert record is not None, "an idempotency key outlived its job"
+        (job,) = await present_all(session, user_id, [record])
+    return Submission(job, created=False)
 
 
 async def publish_outbox_event(context: GatewayContext, outbox: OutboxEvent) -> bool:

@@ -79,7 +79,7 @@ async def create_job(
     ] = None,
 ) -> JobPublic:
     """Submit a job; it is accepted at once and runs in the background."""
-    submission = await submit_job(context, user_id, body, idempotency_key, session=session)
+    submission = await submit_job(context, user_id, body, idempotency_key)
     if not submission.created:
         response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"/v1/jobs/{submission.job.id}"

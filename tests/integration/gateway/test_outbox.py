@@ -72,6 +72,7 @@ async def accepting(
         keys, identity = load_identity(settings)
         context = GatewayContext(
             settings=settings,
+            engine=engine,
             sessions=session_factory(engine),
             nats=nc,
             store=JobEventStore(nc),
