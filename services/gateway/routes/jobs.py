@@ -71,7 +71,6 @@ async def create_job(
     *,
     user_id: CallerId,
     context: ContextDep,
-    session: SessionDep,
     response: Response,
     idempotency_key: Annotated[
         str | None,
