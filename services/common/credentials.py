@@ -59,15 +59,6 @@ def _bound_to(user_id: UUID, name: str) -> bytes:
     return b"ckrv git credential\x00" + user_id.bytes + name.encode()
 
 
-async def credential_exists(session: AsyncSession, user_id: UUID, name: str) -> bool:
-    found = await session.scalar(
-        select(col(GitCredential.id)).where(
-            col(GitCredential.user_id) == user_id, col(GitCredential.name) == name
-        )
-    )
-    return found is not None
-
-
 async def store_credential(
     session: AsyncSession,
     keys: KeyRing,
