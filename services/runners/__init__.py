@@ -1,0 +1,5 @@
+"""Workload backends: one `Runner` interface, the `local` subprocess backend, and more to come.
+
+Importing this package must stay cheap: the local supervisor starts through it
+for every workload, and its start-up is on the path to a job's first log line.
+"""
