@@ -1,0 +1,191 @@
+"""Git in the workload: clone the base branch, branch off, commit, and package the result.
+
+Git runs with a configuration of its own (no system or user config files, no credential
+helper but the clone's, no prompts, no hooks) in the C locale, so what it does and what it
+says do not depend on the image it runs in. Every command is bounded by the job's deadline.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ckrv.schemas.git import GitInputError, validate_repository_url
+from ckrv.services.worker.outcome import InfrastructureFailure, JobFailure
+from ckrv.services.worker.processes import Completed, Deadline, run_captured
+
+AUTHOR_NAME = "Chakravarti Cloud"
+AUTHOR_EMAIL = "jobs@ckrv.dev"
+# What git's own messages may be cut to in a log line or a job's error.
+_MAX_MESSAGE_CHARACTERS = 1000
+# Inherited variables git may keep: where to find the CA certificates of an https server.
+_INHERITED_GIT_VARIABLES = frozenset({"GIT_SSL_CAINFO", "GIT_SSL_CAPATH"})
+
+_CONFIG = f"""\
+[user]
+\tname = {AUTHOR_NAME}
+\temail = {AUTHOR_EMAIL}
+[init]
+\tdefaultBranch = main
+[advice]
+\tdetachedHead = false
+[commit]
+\tgpgSign = false
+[core]
+\thooksPath = /dev/null
+"""
+
+
+def git_message(stderr: str) -> str:
+    """Git's complaint on one line."""
+    message = " ".join(line.strip() for line in stderr.splitlines() if line.strip())
+    return message[:_MAX_MESSAGE_CHARACTERS] or "git gave no reason"
+
+
+def git_environment(config_file: Path, inherited: Mapping[str, str]) -> dict[str, str]:
+    """The environment of every git command: the worker's, minus what would steer git."""
+    environment = {
+        name: value
+        for name, value in inherited.items()
+        if (not name.startswith("GIT_") or name in _INHERITED_GIT_VARIABLES)
+        and name not in {"SSH_ASKPASS", "SSH_AUTH_SOCK"}
+    }
+    environment.update(
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_CONFIG_GLOBAL=str(config_file),
+        GIT_TERMINAL_PROMPT="0",
+        LC_ALL="C",
+    )
+    return environment
+
+
+@dataclass(frozen=True)
+class DiffStats:
+    files_changed: tuple[str, ...]
+    insertions: int
+    deletions: int
+
+
+def parse_numstat(output: str) -> DiffStats:
+    """`git diff --numstat -z --no-renames`: `<added>\\t<deleted>\\t<path>\\0` per file.
+
+    Binary files count `-` lines, taken as 0.
+    """
+    files, insertions, deletions = [], 0, 0
+    for record in output.split("\0"):
+        if not record:
+            continue
+        added, deleted, path = record.split("\t", 2)
+        files.append(path)
+        insertions += int(added) if added.isdigit() else 0
+        deletions += int(deleted) if deleted.isdigit() else 0
+    return DiffStats(tuple(files), insertions, deletions)
+
+
+class Git:
+    """Runs git for one job: in its workspace, with its configuration, before its deadline."""
+
+    def __init__(self, workspace: Path, deadline: Deadline) -> None:
+        self.workspace = workspace
+        self.deadline = deadline
+        config_file = workspace / "gitconfig"
+        config_file.write_text(_CONFIG)
+        self.environment = git_environment(config_file, os.environ)
+
+    def run(
+        self, *args: str, cwd: Path, extra_environment: Mapping[str, str] | None = None
+    ) -> Completed:
+        return run_captured(
+            ["git", *args],
+            cwd=cwd,
+            env={**self.environment, **(extra_environment or {})},
+            deadline=self.deadline,
+        )
+
+    def clone(
+        self,
+        url: str,
+        branch: str,
+        destination: Path,
+        *,
+        access: Mapping[str, str],
+        allow_local: bool,
+    ) -> Repository:
+        """Clone `branch` of `url` alone; `JobFailure` if refused, unreachable or missing."""
+        try:
+            validate_repository_url(url, allow_local=allow_local)
+        except GitInputError as error:
+            raise JobFailure("clone_refused", f"cannot clone {url}: {error}") from error
+        cloned = self.run(
+            "clone",
+            "--quiet",
+            "--no-tags",
+            "--single-branch",
+            "--branch",
+            branch,
+            "--",
+            url,
+            str(destination),
+            cwd=self.workspace,
+            extra_environment=access,
+        )
+        if cloned.returncode != 0:
+            # Under LC_ALL=C this is git's wording for a branch the remote does not have.
+            if f"Remote branch {branch} not found" in cloned.stderr:
+                raise JobFailure(
+                    "branch_not_found", f"the repository {url} has no branch {branch!r}"
+                )
+            raise JobFailure("clone_failed", f"cannot clone {url}: {git_message(cloned.stderr)}")
+        return Repository(self, destination)
+
+
+class Repository:
+    """The job's clone."""
+
+    def __init__(self, git: Git, path: Path) -> None:
+        self.git = git
+        self.path = path
+
+    def output(self, *args: str) -> str:
+        """What `git <args>` prints; `InfrastructureFailure` if it fails."""
+        completed = self.git.run(*args, cwd=self.path)
+        if completed.returncode != 0:
+            raise InfrastructureFailure(
+                "git_failed", f"`git {args[0]}` failed: {git_message(completed.stderr)}"
+            )
+        return completed.stdout
+
+    def head(self) -> str:
+        return self.output("rev-parse", "--verify", "HEAD").strip()
+
+    def current_branch(self) -> str | None:
+        completed = self.git.run("symbolic-ref", "--quiet", "--short", "HEAD", cwd=self.path)
+        return completed.stdout.strip() if completed.returncode == 0 else None
+
+    def create_branch(self, name: str) -> None:
+        self.output("switch", "--quiet", "--create", name)
+
+    def commit_all(self, message: str) -> bool:
+        """Commit every change in the working tree (ignored files aside); False if none."""
+        self.output("add", "--all")
+        staged = self.git.run("diff", "--cached", "--quiet", cwd=self.path)
+        if staged.returncode == 0:
+            return False
+        self.output("commit", "--quiet", "--no-verify", "--message", message)
+        return True
+
+    def diff_stats(self, base: str, head: str) -> DiffStats:
+        return parse_numstat(self.output("diff", "--numstat", "-z", "--no-renames", base, head))
+
+    def write_diff(self, base: str, head: str, destination: Path) -> None:
+        """The patch from `base` to `head`, binary files included, as `git apply` takes it."""
+        self.output(
+            "diff", "--binary", "--no-color", "--no-ext-diff", f"--output={destination}", base, head
+        )
+
+    def write_bundle(self, branch: str, destination: Path) -> None:
+        """A bundle of `branch` with its whole history, checked with `git bundle verify`."""
+        self.output("bundle", "create", "--quiet", str(destination), f"refs/heads/{branch}")
+        self.output("bundle", "verify", "--quiet", str(destination))
