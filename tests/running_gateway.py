@@ -35,12 +35,21 @@ class RunningGateway:
     signing_jwks: str
     log_path: Path
     database_url: str
+    _process: ServiceProcess = field(compare=False, repr=False)
     _tokens: dict[tuple[str, str], str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def signing_keys(self) -> list[dict[str, Any]]:
         keys: list[dict[str, Any]] = json.loads(self.signing_jwks)["keys"]
         return keys
+
+    @property
+    def pid(self) -> int:
+        """The gateway's process id, while it runs."""
+        assert self._process.process is not None
+        pid = self._process.process.pid
+        assert pid is not None
+        return pid
 
     @property
     def api_url(self) -> str:
@@ -78,7 +87,9 @@ def gateway_process(
         },
         shutdown_timeout_seconds=5,
     )
-    return process, RunningGateway(process.url, signing_jwks, process.log_path, database_url)
+    return process, RunningGateway(
+        process.url, signing_jwks, process.log_path, database_url, process
+    )
 
 
 async def _api_token(database_url: str, email: str, tier: str) -> str:

@@ -27,10 +27,13 @@ def async_database_url(url: str) -> str:
 POOL_RECYCLE_SECONDS = 600
 
 
-def create_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> AsyncEngine:
     # No pre-ping: it would cost a round trip on every checkout, several per request.
     return create_async_engine(
-        async_database_url(url), pool_size=pool_size, pool_recycle=POOL_RECYCLE_SECONDS
+        async_database_url(url),
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_recycle=POOL_RECYCLE_SECONDS,
     )
 
 

@@ -25,7 +25,7 @@ class GatewaySettings(ServiceSettings):
         default=30,
         ge=1,
         le=200,
-        description="PostgreSQL connections kept for requests (10 more open under bursts).",
+        description="PostgreSQL connections for requests; more requests wait for one.",
     )
     publish_timeout_seconds: float = Field(
         default=2.0, gt=0, description="How long a submission waits for JetStream's ack."

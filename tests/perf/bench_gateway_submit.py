@@ -25,7 +25,9 @@ and one keep-alive connection, submit jobs with a 1.6 KB spec.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from pathlib import Path
 from uuid import UUID
 
 import asyncpg
@@ -172,6 +174,13 @@ async def event_lags(
     return lags
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User and system CPU time the process used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # utime and stime, fields 14 and 15 of proc(5), counted from the state field (3).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def wait_until_projected(connection: asyncpg.Connection) -> None:
     """Wait for the projector to catch up, so each phase starts from an idle gateway."""
     while True:
@@ -212,8 +221,10 @@ async def measure(gateway: RunningGateway, nats_url: str, dsn: str) -> list[Figu
             await asyncio.gather(*(submit(client) for client in clients))
         await wait_until_projected(connection)
 
+        cpu_before = process_cpu_seconds(gateway.pid)
         elapsed, saturated = await closed_loop(clients)
         await wait_until_projected(connection)
+        cpu_per_submission = (process_cpu_seconds(gateway.pid) - cpu_before) / len(saturated)
 
         sampler = LagSampler(connection)
         done = asyncio.Event()
@@ -235,6 +246,13 @@ async def measure(gateway: RunningGateway, nats_url: str, dsn: str) -> list[Figu
             await client.aclose()
     return [
         Figure("closed loop: submissions/s", len(saturated) / elapsed, "jobs/s", THROUGHPUT_TARGET),
+        # All threads, the projector's included: what one submission costs the process.
+        Figure(
+            "closed loop: gateway CPU per submission",
+            cpu_per_submission * 1000,
+            "ms",
+            higher_is_better=False,
+        ),
         *latency_figures("closed loop: latency", saturated, None),
         Figure(f"offered {THROUGHPUT_TARGET}/s: achieved", len(paced) / paced_elapsed, "jobs/s"),
         *latency_figures(f"offered {THROUGHPUT_TARGET}/s: latency", paced, SUBMIT_P99_TARGET_MS),
