@@ -39,9 +39,15 @@ _CONFIG = f"""\
 
 
 def git_message(stderr: str) -> str:
-    """Git's complaint on one line."""
-    message = " ".join(line.strip() for line in stderr.splitlines() if line.strip())
-    return message[:_MAX_MESSAGE_CHARACTERS] or "git gave no reason"
+    """Git's complaint on one line; its end when long, where git and ssh give the verdict."""
+    message = " ".join(
+        line.strip()
+        for line in stderr.splitlines()
+        if line.strip(" @")  # ssh's @@@ banners
+    )
+    if len(message) > _MAX_MESSAGE_CHARACTERS:
+        message = "…" + message[-_MAX_MESSAGE_CHARACTERS:]
+    return message or "git gave no reason"
 
 
 def git_environment(config_file: Path, inherited: Mapping[str, str]) -> dict[str, str]:

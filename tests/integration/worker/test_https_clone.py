@@ -189,3 +189,54 @@ def test_no_process_gets_the_pat_in_its_command_line_or_environment(
     assert "credential.helper" in executed  # and the process that handed the token over
     assert git_http_server.token not in executed
     assert "git" in git_http_server.users
+
+
+def test_a_wrong_pat_fails_the_clone_without_showing_the_token(
+    git_http_server: GitHttpServer, git_repositories: Path, uploads: Uploads, tmp_path: Path
+) -> None:
+    sample = create_sample_repository(git_repositories, f"wrong-pat-{uploads.job_id.hex[:8]}")
+    wrong_token = "ckrv_pat_not-the-right-one-0123456789"
+    job = make_job(
+        job_id=uploads.job_id,
+        git_repo_url=git_http_server.url_for(sample.path),
+        spec_content=spec_text(["echo never > NEVER.md"]),
+        upload_urls=uploads.urls,
+        credential={"provider": "gitlab", "credential_type": "pat"},
+    )
+
+    run = run_worker(
+        job, tmp_path, credential=wrong_token, environment=git_http_server.client_environment
+    )
+
+    assert run.exit_code == 1, run.stdout
+    assert run.final["reason"] == "clone_failed"
+    assert "Authentication failed" in run.final["message"]
+    assert git_http_server.url_for(sample.path) in run.final["message"]
+    assert wrong_token not in run.stdout + run.stderr
+    assert run.phases == ["cloning"]
+    assert uploads.stored() == set()
+
+
+def test_a_missing_base_branch_fails_the_job_naming_it(
+    git_http_server: GitHttpServer, git_repositories: Path, tmp_path: Path
+) -> None:
+    sample = create_sample_repository(git_repositories, f"branchless-{tmp_path.name}")
+    job = make_job(
+        git_repo_url=git_http_server.url_for(sample.path),
+        git_base_branch="release/2.0",
+        spec_content=spec_text(["echo never > NEVER.md"]),
+        credential={"provider": "github", "credential_type": "pat"},
+    )
+
+    run = run_worker(
+        job,
+        tmp_path,
+        credential=git_http_server.token,
+        environment=git_http_server.client_environment,
+    )
+
+    assert run.exit_code == 1, run.stdout
+    assert run.final["reason"] == "branch_not_found"
+    assert run.final["message"] == (
+        f"the repository {git_http_server.url_for(sample.path)} has no branch 'release/2.0'"
+    )
