@@ -206,11 +206,17 @@ class RunnerContract:
     async def test_stop_terminates_then_kills_the_whole_tree(self, runner: Runner) -> None:
         marker = uuid4().hex
         async with Gate() as ready, Gate() as terminated:
-            # The workload notes SIGTERM and ignores it, so only SIGKILL ends it; its child and
-            # grandchild carry the marker in their arguments to be found among all processes.
-            grandchild = f"{ready.wait_code()}import time; time.sleep(600)"
+            # The workload notes SIGTERM and ignores it, its child and grandchild just ignore
+            # it, so only SIGKILL ends them; they carry the marker in their arguments, to be
+            # found among all processes.
+            grandchild = (
+                "import signal, time\n"
+                "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                f"{ready.wait_code()}time.sleep(600)\n"
+            )
             child = (
-                "import subprocess, sys, time\n"
+                "import signal, subprocess, sys, time\n"
+                "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
                 f"subprocess.Popen([sys.executable, '-c', {grandchild!r}, sys.argv[1]])\n"
                 "time.sleep(600)\n"
             )
