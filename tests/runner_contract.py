@@ -23,6 +23,7 @@ import pytest
 from ckrv.events.catalog import workload_name
 from ckrv.services.runners.base import (
     INPUT_DIR_ENV,
+    WORKSPACE_DIR_ENV,
     FailureReason,
     OutputChunk,
     Runner,
@@ -301,17 +302,21 @@ class RunnerContract:
         await finished(runner, request.name)
         assert await output_of(runner, request.name, len(lines), follow=True) == b"end\n"
 
-    async def test_input_files_are_private_and_found_through_the_environment(
+    async def test_inputs_and_workspace_are_found_through_the_environment(
         self, runner: Runner
     ) -> None:
         code = (
             "import json, os, stat\n"
             f"folder = os.environ[{INPUT_DIR_ENV!r}]\n"
+            f"workspace = os.environ[{WORKSPACE_DIR_ENV!r}]\n"
+            "with open(os.path.join(workspace, 'scratch'), 'w') as scratch:\n"
+            "    scratch.write('written')\n"
             "print(json.dumps({\n"
             "    'files': {n: open(os.path.join(folder, n)).read() for n in os.listdir(folder)},\n"
             "    'modes': [stat.S_IMODE(os.stat(os.path.join(folder, n)).st_mode)\n"
             "              for n in os.listdir(folder)],\n"
             "    'greeting': os.environ['GREETING'],\n"
+            "    'in_workspace': os.path.samefile(os.getcwd(), workspace),\n"
             "}))\n"
         )
         files = {"spec.md": b"# Spec\n", "credential": b"s3cret", "upload-urls.json": b"{}"}
@@ -323,6 +328,7 @@ class RunnerContract:
         assert seen["files"] == {name: content.decode() for name, content in files.items()}
         assert all(mode & 0o077 == 0 for mode in seen["modes"])
         assert seen["greeting"] == "hello"
+        assert seen["in_workspace"]
 
     async def test_list_shows_every_workload(self, runner: Runner) -> None:
         first = python_request("pass")

@@ -29,6 +29,7 @@ from ckrv.services.runners.lifecycle import FailureReason, WorkloadState
 
 __all__ = [
     "INPUT_DIR_ENV",
+    "WORKSPACE_DIR_ENV",
     "FailureReason",
     "OutputChunk",
     "Runner",
@@ -42,6 +43,8 @@ __all__ = [
 
 INPUT_DIR_ENV = "CKRV_INPUT_DIR"
 """The variable that tells a workload where its input files are."""
+WORKSPACE_DIR_ENV = "CKRV_WORKSPACE"
+"""The variable naming the workload's writable folder, also its working directory."""
 
 # Kubernetes' rules, so a request valid for one backend is valid for all.
 _INPUT_FILE_NAME = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
@@ -129,8 +132,8 @@ class WorkloadRequest(BaseModel):
         for name, value in env.items():
             if not _ENV_NAME.match(name):
                 raise ValueError(f"environment variable name {name!r} is not valid")
-            if name == INPUT_DIR_ENV:
-                raise ValueError(f"{INPUT_DIR_ENV} is set by the runner")
+            if name in (INPUT_DIR_ENV, WORKSPACE_DIR_ENV):
+                raise ValueError(f"{name} is set by the runner")
             if "\0" in value:
                 raise ValueError(f"environment variable {name} must not contain NUL characters")
         return env

@@ -30,6 +30,7 @@ from uuid import UUID
 from ckrv.events.catalog import RunnerBackend
 from ckrv.services.runners.base import (
     INPUT_DIR_ENV,
+    WORKSPACE_DIR_ENV,
     FailureReason,
     OutputChunk,
     Runner,
@@ -66,7 +67,12 @@ DELETING_PREFIX = ".deleting-"
 
 
 class LocalRunner(Runner):
-    """Workloads as subprocesses on this machine, in folders under `root`."""
+    """Workloads as subprocesses on this machine, in folders under `root`.
+
+    Limits without cgroups: the memory limit caps each process's data segment, so an
+    allocation past it fails (reason `Error`, never `OOMKilled`); the CPU limit is not
+    enforced. A relative `root` is taken from the current working directory.
+    """
 
     backend = RunnerBackend.LOCAL
 
@@ -185,6 +191,7 @@ class LocalRunner(Runner):
             "TMPDIR": SANDBOX_TMP if self.bubblewrap else str(folder.tmp_dir),
             **request.env,
             INPUT_DIR_ENV: str(folder.input_dir),
+            WORKSPACE_DIR_ENV: str(folder.workspace_dir),
         }
         argv = list(request.command)
         if self.bubblewrap is not None:

@@ -131,6 +131,7 @@ class Supervisor:
                 message="stopped before it started",
             )
             return
+        started_at = utc_now()
         problem = self._program_problem()
         if problem is None:
             try:
@@ -140,9 +141,10 @@ class Supervisor:
         if problem is not None:
             self._finish(WorkloadState.FAILED, reason=FailureReason.START_ERROR, message=problem)
             return
+        # Recorded once the pid is known; the command may have written output already.
         self._record(
             dataclasses.replace(
-                self.record, state=WorkloadState.RUNNING, pid=process.pid, started_at=utc_now()
+                self.record, state=WorkloadState.RUNNING, pid=process.pid, started_at=started_at
             )
         )
         reason = self._wait(process)

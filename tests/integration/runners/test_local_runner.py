@@ -199,6 +199,7 @@ async def test_the_runners_environment_does_not_reach_workloads(
     assert environment["PATH"] == "/usr/bin:/bin"
     assert environment["HOME"] == str(folder.workspace_dir)
     assert environment["CKRV_INPUT_DIR"] == str(folder.input_dir)
+    assert environment["CKRV_WORKSPACE"] == str(folder.workspace_dir)
 
 
 SANDBOX_PROBE = """

@@ -54,6 +54,7 @@ def test_a_valid_request_keeps_what_it_was_given() -> None:
         ({"env": {"1ST": "x"}}, "environment variable name"),
         ({"env": {"A=B": "x"}}, "environment variable name"),
         ({"env": {"CKRV_INPUT_DIR": "/elsewhere"}}, "set by the runner"),
+        ({"env": {"CKRV_WORKSPACE": "/elsewhere"}}, "set by the runner"),
         ({"labels": {"-job": "x"}}, "label name"),
         ({"labels": {"Example.com/job": "x"}}, "label name"),
         ({"labels": {"job": "x" * 64}}, "label value"),
