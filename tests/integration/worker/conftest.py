@@ -8,7 +8,6 @@ from uuid import UUID, uuid4
 
 import pytest
 from minio import Minio
-from minio.error import S3Error
 
 from ckrv.services.stack.seaweed_server import SeaweedServer
 from ckrv.services.worker.job_input import ARTIFACT_NAMES
@@ -54,15 +53,6 @@ class Uploads:
         finally:
             response.close()
             response.release_conn()
-
-    def exists(self, name: str) -> bool:
-        try:
-            self.client.stat_object(self.bucket, self.key(name))
-        except S3Error as error:
-            if error.code in {"NoSuchKey", "NoSuchObject"}:
-                return False
-            raise
-        return True
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ SCRIPT = [
     "sed -i 's/Hello/Welcome/' src/greeting.py",
     "echo edited two files",
 ]
+VERIFY = ["grep -q Welcome src/greeting.py"]
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
@@ -50,7 +51,7 @@ def https_job(
     job = make_job(
         job_id=uploads.job_id,
         git_repo_url=git_http_server.url_for(sample.path),
-        spec_content=spec_text(SCRIPT),
+        spec_content=spec_text(SCRIPT, verify=VERIFY),
         upload_urls=uploads.urls,
         credential={"provider": "github", "credential_type": "pat"},
     )
@@ -135,6 +136,8 @@ def test_the_log_is_json_lines_with_phase_markers_and_the_agents_output(
     assert run.lines[0]["event"] == "started"
     assert run.phases == ["cloning", "planning", "executing", "verifying", "uploading"]
     assert "edited two files" in run.agent_messages("script")
+    verifying = [line["message"] for line in run.lines if line.get("phase") == "verifying"]
+    assert f"$ {VERIFY[0]}" in verifying
     executing = [line for line in run.lines if line["source"] == "agent:script"]
     assert all(line["phase"] == "executing" for line in executing)
     assert run.final["event"] == "finished"

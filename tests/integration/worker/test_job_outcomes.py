@@ -19,9 +19,9 @@ import pytest
 from ckrv.services.worker.result import JobResult
 from tests.git_servers import SampleRepository, create_sample_repository
 from tests.integration.worker.conftest import Uploads
-from tests.processes import process_tree
 from tests.unit.cli.git_repos import git
 from tests.unit.worker.worker_runs import (
+    gone,
     make_job,
     run_worker,
     spec_text,
@@ -76,7 +76,7 @@ def test_an_agent_that_changes_nothing_succeeds_with_an_empty_diff(
     assert git(tmp_path, "bundle", "list-heads", str(bundle)) == (
         f"{sample.head} refs/heads/{job.feature_branch}"
     )
-    assert process_tree(pid_in(leftover)) == set()
+    assert gone(pid_in(leftover))
 
 
 def test_a_command_agent_gets_the_prompt_on_stdin_and_its_usage_is_reported(
@@ -148,8 +148,8 @@ def test_past_the_time_limit_the_agent_is_killed_and_nothing_uploaded(
     assert run.final["reason"] == "timeout"
     assert run.final["message"] == "the job ran past its time limit of 3 seconds"
     assert run.phases == ["cloning", "planning", "executing"]
-    assert process_tree(pid_in(agent)) == set()
-    assert process_tree(pid_in(background)) == set()
+    assert gone(pid_in(agent))
+    assert gone(pid_in(background))
     assert uploads.stored() == set()
 
 
@@ -182,8 +182,8 @@ def test_sigterm_stops_the_agents_processes_and_the_worker(
     assert worker.returncode == 143
     final = stdout.splitlines()[-1]
     assert '"reason": "terminated"' in final
-    assert process_tree(pid_in(agent)) == set()
-    assert process_tree(pid_in(background)) == set()
+    assert gone(pid_in(agent))
+    assert gone(pid_in(background))
 
 
 def with_bad_signature(url: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,23 @@ from ckrv.services.worker.job_input import (
     WORKSPACE_ENV,
     WorkerInput,
 )
+from tests.processes import process_tree
 
 # For jobs that fail before they upload: nothing listens on the discard port.
 UNUSED_UPLOAD_URLS = {name: f"http://127.0.0.1:9/unused/{name}" for name in ARTIFACT_NAMES}
 RUN_TIMEOUT_SECONDS = 120
+# SIGKILL is sent at once, but a process may take a moment to be scheduled and die.
+GONE_WITHIN_SECONDS = 10
+
+
+def gone(pid: int) -> bool:
+    """Whether the process (and all below it) ends, or has ended, within a bound."""
+    deadline = time.monotonic() + GONE_WITHIN_SECONDS
+    while process_tree(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def spec_text(script: list[str] | None = None, **fields: Any) -> str:
