@@ -91,12 +91,11 @@ def parse_numstat(output: str) -> DiffStats:
 
 
 class Git:
-    """Runs git for one job: in its workspace, with its configuration, before its deadline."""
+    """Runs git for one job: with its configuration (written to `config_file`), before its
+    deadline."""
 
-    def __init__(self, workspace: Path, deadline: Deadline) -> None:
-        self.workspace = workspace
+    def __init__(self, config_file: Path, deadline: Deadline) -> None:
         self.deadline = deadline
-        config_file = workspace / "gitconfig"
         config_file.write_text(_CONFIG)
         self.environment = git_environment(config_file, os.environ)
 
@@ -134,7 +133,7 @@ class Git:
             "--",
             url,
             str(destination),
-            cwd=self.workspace,
+            cwd=destination.parent,
             extra_environment=access,
         )
         if cloned.returncode != 0:

@@ -13,7 +13,7 @@ The final line's `reason`, by exit code:
 - 1 (job failed): `clone_refused` (a URL scheme the job may not use), `clone_failed`,
   `credential_mismatch`, `branch_not_found`, `spec_invalid`, `unknown_agent`, `agent_failed`,
   `branch_changed`, `timeout`;
-- 2 (infrastructure): `input_unreadable`, `input_invalid`, `workspace_not_empty`,
+- 2 (infrastructure): `input_unreadable`, `input_invalid`, `workspace_in_use`,
   `agent_unavailable`, `git_failed`, `upload_failed`, `internal_error`;
 - 3 (verification failed): `verification_failed`;
 - 143 (SIGTERM): `terminated`.
@@ -32,6 +32,7 @@ import time
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from ckrv.services.worker.agents import (
@@ -102,18 +103,55 @@ def file_digest(path: Path) -> ArtifactDigest:
     return ArtifactDigest(size_bytes=path.stat().st_size, sha256=sha256)
 
 
-def run_job(job: WorkerInput, credential: str | None, workspace: Path, log: JobLog) -> JobResult:
-    """Do the job in `workspace` (empty) and upload its result; a `WorkerError` if it fails."""
+@dataclass(frozen=True)
+class Workspace:
+    """The worker's files in `$CKRV_WORKSPACE`, which may hold others' too: the local runner
+    makes it the agents' HOME as well."""
+
+    root: Path
+
+    @property
+    def repo(self) -> Path:
+        return self.root / "repo"
+
+    @property
+    def access(self) -> Path:
+        """The credential's files, for as long as the clone takes."""
+        return self.root / "access"
+
+    @property
+    def git_config(self) -> Path:
+        return self.root / "gitconfig"
+
+    @property
+    def prompt(self) -> Path:
+        return self.root / "prompt.md"
+
+    @property
+    def artifacts(self) -> Path:
+        """diff.patch, repo.bundle and result.json."""
+        return self.root / "artifacts"
+
+    def in_use(self) -> list[Path]:
+        """Those of the worker's paths that exist already."""
+        paths = (self.repo, self.access, self.git_config, self.prompt, self.artifacts)
+        return [path for path in paths if path.exists()]
+
+
+def run_job(
+    job: WorkerInput, credential: str | None, workspace: Workspace, log: JobLog
+) -> JobResult:
+    """Do the job in `workspace` and upload its result; a `WorkerError` if it fails."""
     started = time.monotonic()
     deadline = Deadline(job.time_limit_seconds)
-    git = Git(workspace, deadline)
+    git = Git(workspace.git_config, deadline)
 
     log.enter_phase("cloning", f"cloning {job.git_repo_url} at {job.git_base_branch}")
-    with clone_access(job, credential, workspace / "access") as access:
+    with clone_access(job, credential, workspace.access) as access:
         repository = git.clone(
             job.git_repo_url,
             job.git_base_branch,
-            workspace / "repo",
+            workspace.repo,
             access=access,
             allow_local=job.allow_local_repository,
         )
@@ -126,11 +164,10 @@ def run_job(job: WorkerInput, credential: str | None, workspace: Path, log: JobL
     catalog = load_agent_catalog()
     agents = catalog.select(job.agents, spec)
     agent_names = [name for name, _ in agents]
-    prompt_file = workspace / "prompt.md"
-    prompt_file.write_text(catalog.render_prompt(job, spec))
+    workspace.prompt.write_text(catalog.render_prompt(job, spec))
     context = AgentContext(
         clone=repository.path,
-        prompt_file=prompt_file,
+        prompt_file=workspace.prompt,
         environment=agent_environment(os.environ),
         deadline=deadline,
         log=log,
@@ -162,7 +199,7 @@ def run_job(job: WorkerInput, credential: str | None, workspace: Path, log: JobL
         log.info("the working tree has no changes to commit")
     head_commit = repository.head()
     stats = repository.diff_stats(base_commit, head_commit)
-    artifacts = workspace / "artifacts"
+    artifacts = workspace.artifacts
     artifacts.mkdir()
     repository.write_diff(base_commit, head_commit, artifacts / "diff.patch")
     repository.write_bundle(job.feature_branch, artifacts / "repo.bundle")
@@ -192,23 +229,25 @@ def run_job(job: WorkerInput, credential: str | None, workspace: Path, log: JobL
 
 
 @contextmanager
-def job_workspace(configured: str | None) -> Iterator[Path]:
-    """The folder named by `$CKRV_WORKSPACE` (created if missing, kept afterwards; it must be
-    empty), or else a fresh temporary one, deleted afterwards."""
+def job_workspace(configured: str | None) -> Iterator[Workspace]:
+    """The folder named by `$CKRV_WORKSPACE` (created if missing, kept afterwards), or else a
+    fresh temporary one, deleted afterwards."""
     if configured:
-        workspace = Path(configured)
-        workspace.mkdir(parents=True, exist_ok=True)
-        if any(workspace.iterdir()):
+        workspace = Workspace(Path(configured))
+        workspace.root.mkdir(parents=True, exist_ok=True)
+        if in_use := workspace.in_use():
             raise InfrastructureFailure(
-                "workspace_not_empty", f"the workspace {workspace} is not empty"
+                "workspace_in_use",
+                f"the workspace {workspace.root} has {', '.join(path.name for path in in_use)} "
+                "already; each run needs a fresh one",
             )
         yield workspace
         return
-    workspace = Path(tempfile.mkdtemp(prefix="ckrv-worker-"))
+    root = Path(tempfile.mkdtemp(prefix="ckrv-worker-"))
     try:
-        yield workspace
+        yield Workspace(root)
     finally:
-        shutil.rmtree(workspace, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def run_worker(log: JobLog, environment: Mapping[str, str] = os.environ) -> ExitCode:

@@ -102,16 +102,24 @@ def test_a_local_repository_needs_the_development_flag(
     assert "local paths and file:// URLs cannot be reached" in run.final["message"]
 
 
-def test_a_workspace_with_something_in_it_is_refused(
-    sample: SampleRepository, tmp_path: Path
-) -> None:
+def test_a_workspace_a_run_has_used_is_refused(sample: SampleRepository, tmp_path: Path) -> None:
     (tmp_path / "workspace").mkdir()
     (tmp_path / "workspace" / "repo").mkdir()
 
     run = run_local(sample, tmp_path)
 
     assert run.exit_code == 2
-    assert run.final["reason"] == "workspace_not_empty"
+    assert run.final["reason"] == "workspace_in_use"
+    assert "has repo already" in run.final["message"]
+
+
+def test_a_workspace_may_hold_other_files(sample: SampleRepository, tmp_path: Path) -> None:
+    # The local runner makes the workspace HOME too: an agent's dotfiles may be there first.
+    (tmp_path / "workspace" / ".config").mkdir(parents=True)
+
+    run = run_local(sample, tmp_path, spec_content=spec_text(["exit 1"]))
+
+    assert run.final["reason"] == "agent_failed"
 
 
 def test_without_a_workspace_a_temporary_one_is_used_and_removed(
