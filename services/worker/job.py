@@ -42,7 +42,7 @@ from ckrv.services.worker.agents import (
     run_agent,
 )
 from ckrv.services.worker.clone_access import clone_access
-from ckrv.services.worker.git import DiffStats, Git
+from ckrv.services.worker.git import DiffStats, Git, Repository
 from ckrv.services.worker.job_input import (
     ARTIFACT_NAMES,
     INPUT_DIR_ENV,
@@ -197,9 +197,39 @@ def run_job(
         )
     if not repository.commit_all(commit_message(job, spec, agent_names)):
         log.info("the working tree has no changes to commit")
+    result = package_result(
+        job,
+        spec,
+        repository,
+        base_commit=base_commit,
+        runs=runs,
+        artifacts=workspace.artifacts,
+        started=started,
+    )
+    # A result finished after the limit is discarded like any other work past it.
+    deadline.remaining()
+
+    log.enter_phase("uploading", "uploading diff.patch, repo.bundle and result.json")
+    files = {name: workspace.artifacts / name for name in ARTIFACT_NAMES}
+    upload_files(job.upload_urls, files, log)
+    return result
+
+
+def package_result(
+    job: WorkerInput,
+    spec: JobSpec,
+    repository: Repository,
+    *,
+    base_commit: str,
+    runs: Sequence[AgentRun],
+    artifacts: Path,
+    started: float,
+) -> JobResult:
+    """Write diff.patch, repo.bundle and result.json (which describes the other two) to
+    `artifacts`, from the committed feature branch; `started` is the run's start on the
+    monotonic clock."""
     head_commit = repository.head()
     stats = repository.diff_stats(base_commit, head_commit)
-    artifacts = workspace.artifacts
     artifacts.mkdir()
     repository.write_diff(base_commit, head_commit, artifacts / "diff.patch")
     repository.write_bundle(job.feature_branch, artifacts / "repo.bundle")
@@ -207,7 +237,7 @@ def run_job(
         job_id=job.job_id,
         attempt=job.attempt,
         spec_id=spec.spec_id,
-        summary=summarize(agent_names, stats, job.feature_branch),
+        summary=summarize([run.name for run in runs], stats, job.feature_branch),
         base_branch=job.git_base_branch,
         base_commit=base_commit,
         feature_branch=job.feature_branch,
@@ -220,11 +250,6 @@ def run_job(
         artifacts={name: file_digest(artifacts / name) for name in ("diff.patch", "repo.bundle")},
     )
     (artifacts / "result.json").write_text(result.model_dump_json(indent=2))
-    # A result finished after the limit is discarded like any other work past it.
-    deadline.remaining()
-
-    log.enter_phase("uploading", "uploading diff.patch, repo.bundle and result.json")
-    upload_files(job.upload_urls, {name: artifacts / name for name in ARTIFACT_NAMES}, log)
     return result
 
 
