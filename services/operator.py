@@ -20,7 +20,7 @@ from ckrv.services.stack.cli import up
 app = cyclopts.App(name="ckrv-cloud", help="Operate Chakravarti Cloud: local stack and services.")
 app.command(up)
 
-ServiceName = Literal["gateway"]
+ServiceName = Literal["gateway", "dispatcher", "watcher"]
 T = TypeVar("T")
 
 
@@ -32,9 +32,29 @@ def _gateway(common: CommonSettings) -> tuple[Service, ServiceSettings]:
     return GatewayService(common, settings), settings
 
 
+def _dispatcher(common: CommonSettings) -> tuple[Service, ServiceSettings]:
+    from ckrv.services.dispatcher.service import DispatcherService
+    from ckrv.services.dispatcher.settings import DispatcherSettings
+    from ckrv.services.runners.settings import RunnerSettings
+
+    settings = DispatcherSettings()
+    return DispatcherService(common, settings, RunnerSettings()), settings
+
+
+def _watcher(common: CommonSettings) -> tuple[Service, ServiceSettings]:
+    from ckrv.services.runners.settings import RunnerSettings
+    from ckrv.services.watcher.service import WatcherService
+    from ckrv.services.watcher.settings import WatcherSettings
+
+    settings = WatcherSettings()
+    return WatcherService(common, settings, RunnerSettings()), settings
+
+
 # Every runnable service, by the name `serve` takes; the local stack starts each of them.
 SERVICES: dict[str, Callable[[CommonSettings], tuple[Service, ServiceSettings]]] = {
     "gateway": _gateway,
+    "dispatcher": _dispatcher,
+    "watcher": _watcher,
 }
 
 

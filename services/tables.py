@@ -5,8 +5,9 @@ from __future__ import annotations
 from sqlmodel import SQLModel
 
 from ckrv.services.common import credentials, inbox
+from ckrv.services.dispatcher import admission
 from ckrv.services.gateway import tables as gateway_tables
 from ckrv.services.gateway.identity import tables as identity_tables
 
-TABLE_MODULES = (credentials, inbox, gateway_tables, identity_tables)
+TABLE_MODULES = (credentials, inbox, admission, gateway_tables, identity_tables)
 METADATA = SQLModel.metadata

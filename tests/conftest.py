@@ -34,7 +34,7 @@ def run_on_private_loop(coroutine: Coroutine[Any, Any, T]) -> T:
         return runner.run(coroutine)
 
 
-def _new_server_dir(prefix: str) -> Path:
+def new_server_dir(prefix: str) -> Path:
     # Not under pytest's tmp_path: its root is private to the user (mode 0700), and
     # PostgreSQL runs as `nobody` when the tests run as root, so it must pass through.
     path = Path(tempfile.mkdtemp(prefix=prefix))
@@ -45,7 +45,7 @@ def _new_server_dir(prefix: str) -> Path:
 @pytest.fixture(scope="session")
 def servers_dir() -> Iterator[Path]:
     """Where the session's servers keep their data."""
-    path = _new_server_dir("ckrv-test-servers-")
+    path = new_server_dir("ckrv-test-servers-")
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -53,7 +53,7 @@ def servers_dir() -> Iterator[Path]:
 @pytest.fixture
 def server_tmp_path() -> Iterator[Path]:
     """A fresh folder that a server running as `nobody` can use too."""
-    path = _new_server_dir("ckrv-test-")
+    path = new_server_dir("ckrv-test-")
     yield path
     shutil.rmtree(path, ignore_errors=True)
 

@@ -1,11 +1,16 @@
-"""Connections to the shared infrastructure (NATS), named after the service that holds them."""
+"""Connections to the shared infrastructure (NATS, PostgreSQL), and the readiness checks on them."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import nats
 from nats.aio.client import Client
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ckrv.services.common.http import ReadinessCheck
 
 logger = logging.getLogger(__name__)
 
@@ -31,3 +36,23 @@ async def connect_nats(url: str, *, name: str) -> Client:
         reconnected_cb=on_reconnect,
         error_cb=on_error,
     )
+
+
+def connection_checks(
+    nats_client: Callable[[], Client | None], engine: Callable[[], AsyncEngine | None]
+) -> dict[str, ReadinessCheck]:
+    """/readyz checks of a service's NATS connection and database (looked up when checked)."""
+
+    async def nats_connected() -> None:
+        client = nats_client()
+        if client is None or not client.is_connected:
+            raise ConnectionError("not connected to NATS")
+
+    async def database_reachable() -> None:
+        current = engine()
+        if current is None:
+            raise ConnectionError("no database engine")
+        async with current.connect() as connection:
+            await connection.execute(text("select 1"))
+
+    return {"nats": nats_connected, "database": database_reachable}

@@ -8,7 +8,6 @@ from uuid import UUID
 
 from fastapi import FastAPI
 from nats.aio.client import Client
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ckrv.events.catalog import JobEvent, JobSubmitted, parse_event
@@ -16,7 +15,7 @@ from ckrv.events.consumer import BatchEventConsumer, Delivery
 from ckrv.events.history import StoredEvent
 from ckrv.events.store import JobEventStore
 from ckrv.events.streams import provision_streams
-from ckrv.services.common.connections import connect_nats
+from ckrv.services.common.connections import connect_nats, connection_checks
 from ckrv.services.common.db import create_engine, session_factory
 from ckrv.services.common.http import ReadinessCheck
 from ckrv.services.common.service import Service, run_in_thread
@@ -73,17 +72,7 @@ class GatewayService(Service):
         )
 
     def readiness_checks(self) -> dict[str, ReadinessCheck]:
-        async def nats_connected() -> None:
-            if self._nats is None or not self._nats.is_connected:
-                raise ConnectionError("not connected to NATS")
-
-        async def database_reachable() -> None:
-            if self._engine is None:
-                raise ConnectionError("no database engine")
-            async with self._engine.connect() as connection:
-                await connection.execute(text("select 1"))
-
-        return {"nats": nats_connected, "database": database_reachable}
+        return connection_checks(lambda: self._nats, lambda: self._engine)
 
     def http_app(self) -> FastAPI:
         return self.app

@@ -64,6 +64,16 @@ def _unique(paths: Iterable[Path]) -> list[Path]:
     return list(dict.fromkeys(path.absolute() for path in paths))
 
 
+def _show(paths: Iterable[Path]) -> list[str]:
+    argv: list[str] = []
+    for path in paths:
+        if path.is_symlink():
+            argv += ["--symlink", str(path.readlink()), str(path)]
+        elif path.exists():
+            argv += ["--ro-bind", str(path), str(path)]
+    return argv
+
+
 def bubblewrap_argv(
     bwrap: Path,
     command: Sequence[str],
@@ -79,13 +89,12 @@ def bubblewrap_argv(
     one); `hidden` (the runner's folder) is covered by an empty one, in which only
     `workspace` (writable) and `input_dir` (read-only) appear.
     """
-    argv = [str(bwrap), *_ISOLATION]
-    for path in _unique(read_only):
-        if path.is_symlink():
-            argv += ["--symlink", str(path.readlink()), str(path)]
-        elif path.exists():
-            argv += ["--ro-bind", str(path), str(path)]
-    argv += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", SANDBOX_TMP, "--tmpfs", str(hidden)]
+    shown = _unique(read_only)
+    # Mounts stack in order: what lies under /tmp goes on top of the private /tmp.
+    in_tmp = [path for path in shown if path.is_relative_to(SANDBOX_TMP)]
+    argv = [str(bwrap), *_ISOLATION, *_show([path for path in shown if path not in in_tmp])]
+    argv += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", SANDBOX_TMP, *_show(in_tmp)]
+    argv += ["--tmpfs", str(hidden)]
     argv += ["--bind", str(workspace), str(workspace), "--ro-bind", str(input_dir), str(input_dir)]
     argv += ["--chdir", str(workspace), "--", *command]
     return argv

@@ -332,9 +332,13 @@ class Stack:
 
     def _connections(self) -> dict[str, str]:
         credential_keys = development_credential_keys(self.state_dir)
-        return connection_environment(
-            self.nats, self.postgres, self.s3, credential_keys=credential_keys
-        )
+        return {
+            **connection_environment(
+                self.nats, self.postgres, self.s3, credential_keys=credential_keys
+            ),
+            # The dispatcher creates workloads here; the watcher and log-relay read them.
+            "CKRV_RUNNER_ROOT": str(self.state_dir / "runner"),
+        }
 
     def _write_stack_file(self) -> None:
         write_private_file(self.stack_file, json.dumps(self.endpoints(), indent=2) + "\n")

@@ -1,0 +1,446 @@
+"""The dispatcher service: queues submitted jobs, admits them, starts and cancels workloads.
+
+It follows JOBS through its durable consumer:
+- `job.submitted`, `job.retried`: the attempt is queued (`job.queued`) and gets an
+  admission row;
+- `job.cancel-requested`: the workload, if any, is stopped, then `job.cancelled`;
+- a job's end (`succeeded`, `failed`, `timed-out`, `cancelled`, `rejected`) or a lost
+  workload frees its place.
+
+Admission (woken by those events, and every few seconds) picks the queued jobs that
+may start (`admission.choose_admissions`) and dispatches each: it claims the attempt
+by appending `job.dispatched` first, then creates the workload under its deterministic
+name. A dispatcher that dies in between leaves the row `dispatching`; the next one
+finishes the dispatch, and the runner answers the existing workload instead of
+starting a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+from nats.aio.client import Client
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlmodel import col
+
+from ckrv.events.catalog import JobCancelRequested, JobEvent, JobRetried, JobSubmitted, parse_event
+from ckrv.events.consumer import ConsumerSpec, Delivery, EventConsumer
+from ckrv.events.envelope import Event
+from ckrv.events.state import (
+    ConfirmCancel,
+    DispatchJob,
+    FailJob,
+    JobState,
+    JobStatus,
+    JobTransitionError,
+    QueueJob,
+    decide,
+)
+from ckrv.events.store import JobEventStore
+from ckrv.events.streams import provision_streams
+from ckrv.events.subjects import JOBS_STREAM
+from ckrv.schemas.api import SubscriptionTier
+from ckrv.services.common.connections import connect_nats, connection_checks
+from ckrv.services.common.credentials import OpenedCredential, open_credential
+from ckrv.services.common.db import create_engine, session_factory
+from ckrv.services.common.http import ReadinessCheck
+from ckrv.services.common.service import Service
+from ckrv.services.common.settings import CommonSettings, Environment
+from ckrv.services.common.storage import artifact_key, storage_client
+from ckrv.services.common.tiers import TIERS
+from ckrv.services.dispatcher.admission import (
+    Admission,
+    AdmissionState,
+    Candidate,
+    choose_admissions,
+)
+from ckrv.services.dispatcher.settings import DispatcherSettings
+from ckrv.services.runners.backends import open_runner
+from ckrv.services.runners.base import Runner, WorkloadRequest
+from ckrv.services.runners.settings import RunnerSettings
+from ckrv.services.worker.job_input import ARTIFACT_NAMES, GitCredentialInfo, WorkerInput
+
+logger = logging.getLogger(__name__)
+
+CONSUMER = "dispatcher"
+ACTOR = "service:dispatcher"
+_FOLLOWED_EVENTS = (
+    "submitted",
+    "retried",
+    "cancel-requested",
+    "succeeded",
+    "failed",
+    "timed-out",
+    "cancelled",
+    "rejected",
+    "lost",
+)
+# Dispatch and cancel of one job never interleave; jobs share these locks by hash.
+_JOB_LOCKS = 64
+
+
+_Decision = Callable[[JobState], Sequence[Event]]
+
+
+def dispatcher_spec() -> ConsumerSpec:
+    return ConsumerSpec(
+        durable=CONSUMER,
+        stream=JOBS_STREAM,
+        filter_subjects=tuple(f"jobs.*.{event}" for event in _FOLLOWED_EVENTS),
+        retry_delays=(0.2, 1.0, 5.0, 30.0),
+        max_deliver=10,
+        fetch_timeout_seconds=0.5,
+    )
+
+
+class CredentialUnavailable(Exception):
+    """The job names a git credential that no longer exists or does not open."""
+
+
+class Dispatcher:
+    """The dispatcher's work, given its connections (the service wires them up)."""
+
+    def __init__(
+        self,
+        *,
+        common: CommonSettings,
+        settings: DispatcherSettings,
+        sessions: async_sessionmaker[AsyncSession],
+        store: JobEventStore,
+        runner: Runner,
+    ) -> None:
+        self._common = common
+        self._settings = settings
+        self._sessions = sessions
+        self._store = store
+        self._runner = runner
+        self._storage = storage_client(common)
+        self._keys = common.credential_key_ring()
+        self._locks = [asyncio.Lock() for _ in range(_JOB_LOCKS)]
+        self._admitting = asyncio.Lock()
+        self.wake = asyncio.Event()
+
+    def _lock(self, job_id: UUID) -> asyncio.Lock:
+        return self._locks[job_id.int % _JOB_LOCKS]
+
+    async def handle(self, delivery: Delivery[JobEvent]) -> None:
+        event = delivery.payload
+        match event:
+            case JobSubmitted() | JobRetried():
+                await self.enqueue(event.job_id)
+            case JobCancelRequested():
+                await self.cancel(event.job_id)
+            case _:
+                await self._release(event.job_id)
+        self.wake.set()
+
+    # Queueing ---------------------------------------------------------------------------
+
+    async def enqueue(self, job_id: UUID) -> None:
+        """Queue the job's current attempt and give it an admission row."""
+        async with self._lock(job_id):
+            state = (await self._store.load(job_id)).state
+            if state.cancel_requested and not state.is_terminal:
+                await self._cancel_locked(job_id)
+                return
+            if state.status in {JobStatus.SUBMITTED, JobStatus.RETRYING}:
+                assert state.user_id is not None
+                position = await self._queue_length(UUID(state.user_id)) + 1
+                reason = "admitted" if state.status is JobStatus.SUBMITTED else "retry"
+                await self._execute(
+                    job_id,
+                    lambda current: (
+                        decide(current, QueueJob(actor=ACTOR, reason=reason, position=position))
+                        if current.status in {JobStatus.SUBMITTED, JobStatus.RETRYING}
+                        else []
+                    ),
+                )
+                state = (await self._store.load(job_id)).state
+            if state.status is not JobStatus.QUEUED:
+                return
+            await self._admit_row(state)
+
+    async def _queue_length(self, user_id: UUID) -> int:
+        async with self._sessions() as session:
+            count = await session.scalar(
+                select(func.count()).where(
+                    col(Admission.user_id) == user_id,
+                    col(Admission.state) == AdmissionState.QUEUED,
+                )
+            )
+        return int(count or 0)
+
+    async def _admit_row(self, state: JobState) -> None:
+        assert state.user_id is not None
+        assert state.tier is not None
+        row = {
+            "job_id": state.job_id,
+            "user_id": UUID(state.user_id),
+            "attempt": state.attempt,
+            "concurrency_limit": TIERS[SubscriptionTier(state.tier)].concurrent_jobs,
+            "state": AdmissionState.QUEUED.value,
+            "queued_at": datetime.now(UTC),
+            "workload_name": None,
+        }
+        statement = insert(Admission).values(row)
+        # A newer attempt replaces the row of the one it retries; a redelivery changes nothing.
+        statement = statement.on_conflict_do_update(
+            index_elements=[col(Admission.job_id)],
+            set_={
+                "attempt": statement.excluded.attempt,
+                "state": statement.excluded.state,
+                "queued_at": statement.excluded.queued_at,
+                "workload_name": None,
+            },
+            where=col(Admission.attempt) < statement.excluded.attempt,
+        )
+        async with self._sessions() as session, session.begin():
+            await session.execute(statement)
+
+    async def _release(self, job_id: UUID) -> None:
+        async with self._sessions() as session, session.begin():
+            await session.execute(delete(Admission).where(col(Admission.job_id) == job_id))
+
+    # Cancelling -------------------------------------------------------------------------
+
+    async def cancel(self, job_id: UUID) -> None:
+        async with self._lock(job_id):
+            await self._cancel_locked(job_id)
+
+    async def _cancel_locked(self, job_id: UUID) -> None:
+        state = (await self._store.load(job_id)).state
+        if not state.is_terminal and state.workload_name is not None:
+            await self._runner.stop(state.workload_name, self._settings.stop_grace_seconds)
+        await self._execute(
+            job_id,
+            lambda current: (
+                []
+                if current.is_terminal or not current.cancel_requested
+                else decide(current, ConfirmCancel(actor=ACTOR))
+            ),
+        )
+        await self._release(job_id)
+
+    # Admission and dispatch -------------------------------------------------------------
+
+    async def admit(self) -> int:
+        """Dispatch the queued jobs that may start now, and unfinished dispatches; how many."""
+        async with self._admitting:
+            async with self._sessions() as session, session.begin():
+                rows = list(await session.scalars(select(Admission).with_for_update()))
+                chosen = set(choose_admissions(map(Candidate.of, rows), self._settings.capacity))
+                unfinished = {row.job_id for row in rows if row.state == AdmissionState.DISPATCHING}
+                if chosen:
+                    await session.execute(
+                        update(Admission)
+                        .where(col(Admission.job_id).in_(chosen))
+                        .values(state=AdmissionState.DISPATCHING.value)
+                    )
+            attempts = {row.job_id: row.attempt for row in rows}
+            await asyncio.gather(
+                *(self._dispatch(job_id, attempts[job_id]) for job_id in chosen | unfinished)
+            )
+            return len(chosen | unfinished)
+
+    async def _dispatch(self, job_id: UUID, attempt: int) -> None:
+        try:
+            async with self._lock(job_id):
+                await self._dispatch_locked(job_id, attempt)
+        except Exception:
+            # The row stays `dispatching`: the next admission pass tries again.
+            logger.exception("dispatch failed", extra={"job_id": str(job_id)})
+
+    async def _dispatch_locked(self, job_id: UUID, attempt: int) -> None:
+        state = (await self._store.load(job_id)).state
+        if state.is_terminal or state.attempt != attempt:
+            await self._release(job_id)
+            return
+        if state.cancel_requested:
+            await self._cancel_locked(job_id)
+            return
+        if state.status is JobStatus.QUEUED:
+            # The claim: once it is on JOBS, this attempt's workload is this dispatcher's to make.
+            await self._execute(
+                job_id,
+                lambda current: (
+                    decide(current, DispatchJob(actor=ACTOR, runner=self._runner.backend))
+                    if current.status is JobStatus.QUEUED and not current.cancel_requested
+                    else []
+                ),
+            )
+            state = (await self._store.load(job_id)).state
+        if state.status not in {JobStatus.DISPATCHED, JobStatus.RUNNING}:
+            return
+        try:
+            request = await self._workload_request(state)
+        except CredentialUnavailable as error:
+            await self._fail(state, "credential_unavailable", str(error))
+            return
+        workload = await self._runner.create(request)
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                update(Admission)
+                .where(col(Admission.job_id) == job_id, col(Admission.attempt) == attempt)
+                .values(state=AdmissionState.ACTIVE.value, workload_name=workload.name)
+            )
+        logger.info(
+            "workload started" if workload.created else "workload was already there",
+            extra={"job_id": str(job_id), "workload": workload.name},
+        )
+
+    async def _fail(self, state: JobState, error_code: str, message: str) -> None:
+        attempt = state.attempt
+        await self._execute(
+            state.job_id,
+            lambda current: (
+                decide(
+                    current,
+                    FailJob(
+                        actor=ACTOR, attempt=attempt, error_code=error_code, error_message=message
+                    ),
+                )
+                if not current.is_terminal
+                else []
+            ),
+        )
+        await self._release(state.job_id)
+
+    async def _workload_request(self, state: JobState) -> WorkloadRequest:
+        assert state.user_id is not None
+        assert state.spec_content is not None
+        assert state.git_repo_url is not None
+        assert state.git_base_branch is not None
+        assert state.time_limit_seconds is not None
+        credential = await self._credential(state)
+        valid_for = timedelta(
+            seconds=state.time_limit_seconds + self._settings.upload_url_margin_seconds
+        )
+        upload_urls = {
+            name: self._storage.presigned_put_object(
+                self._common.s3_bucket,
+                artifact_key(state.job_id, state.attempt, name),
+                expires=valid_for,
+            )
+            for name in ARTIFACT_NAMES
+        }
+        worker_input = WorkerInput(
+            job_id=state.job_id,
+            attempt=state.attempt,
+            spec_content=state.spec_content,
+            git_repo_url=state.git_repo_url,
+            git_base_branch=state.git_base_branch,
+            feature_branch=None,
+            time_limit_seconds=state.time_limit_seconds,
+            upload_urls=upload_urls,
+            credential=None
+            if credential is None
+            else GitCredentialInfo(
+                provider=credential.provider, credential_type=credential.credential_type
+            ),
+            # The gateway accepts local repositories only on a development stack.
+            allow_local_repository=self._common.env is Environment.DEV,
+        )
+        files = worker_input.files(
+            None if credential is None else credential.value.get_secret_value()
+        )
+        return WorkloadRequest(
+            job_id=state.job_id,
+            attempt=state.attempt,
+            command=self._settings.worker_command,
+            input_files=files,
+            env=self._settings.workload_env,
+            time_limit_seconds=state.time_limit_seconds,
+            grace_seconds=self._settings.stop_grace_seconds,
+            memory_limit_bytes=self._settings.workload_memory_limit_bytes,
+            labels={"ckrv.dev/job-id": str(state.job_id), "ckrv.dev/attempt": str(state.attempt)},
+        )
+
+    async def _credential(self, state: JobState) -> OpenedCredential | None:
+        name = state.git_credential_name
+        if name is None:
+            return None
+        assert state.user_id is not None
+        async with self._sessions() as session, session.begin():
+            opened = await open_credential(session, self._keys, UUID(state.user_id), name)
+        if opened is None:
+            raise CredentialUnavailable(
+                f"the git credential {name!r} was removed before the job started"
+            )
+        return opened
+
+    async def _execute(self, job_id: UUID, decision: _Decision) -> None:
+        try:
+            await self._store.execute(job_id, decision)
+        except JobTransitionError as error:
+            # Another writer moved the job on (it ended, was cancelled): nothing left to do.
+            logger.info("job moved on", extra={"job_id": str(job_id), "reason": str(error)})
+
+    async def admit_until(self, stop: asyncio.Event) -> None:
+        """Admission passes when woken by an event, and every few seconds, until `stop`."""
+        while not stop.is_set():
+            self.wake.clear()
+            try:
+                await self.admit()
+            except Exception:
+                logger.exception("admission pass failed")
+            waiting = [asyncio.create_task(self.wake.wait()), asyncio.create_task(stop.wait())]
+            await asyncio.wait(
+                waiting,
+                timeout=self._settings.admission_interval_seconds,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            for task in waiting:
+                task.cancel()
+
+
+class DispatcherService(Service):
+    name = "dispatcher"
+
+    def __init__(
+        self, common: CommonSettings, settings: DispatcherSettings, runner: RunnerSettings
+    ) -> None:
+        self._common = common
+        self._settings = settings
+        self._runner_settings = runner
+        self._nats: Client | None = None
+        self._engine: AsyncEngine | None = None
+        self._runner: Runner | None = None
+        self.dispatcher: Dispatcher | None = None
+
+    async def start(self) -> None:
+        self._nats = await connect_nats(self._common.nats_url, name=self.name)
+        await provision_streams(self._nats.jetstream())
+        self._engine = create_engine(self._common.database_url.get_secret_value())
+        self._runner = open_runner(self._runner_settings)
+        self.dispatcher = Dispatcher(
+            common=self._common,
+            settings=self._settings,
+            sessions=session_factory(self._engine),
+            store=JobEventStore(self._nats),
+            runner=self._runner,
+        )
+
+    def readiness_checks(self) -> dict[str, ReadinessCheck]:
+        return connection_checks(lambda: self._nats, lambda: self._engine)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        assert self._nats is not None
+        assert self.dispatcher is not None
+        consumer = EventConsumer(
+            self._nats.jetstream(), dispatcher_spec(), parse_event, self.dispatcher.handle
+        )
+        await asyncio.gather(consumer.run(stop), self.dispatcher.admit_until(stop))
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.close()
+        if self._nats is not None:
+            await self._nats.drain()
+        if self._engine is not None:
+            await self._engine.dispose()

@@ -1,0 +1,1 @@
+"""The watcher: turns what the runner sees of workloads into job events."""

@@ -1,0 +1,252 @@
+"""The watcher service: workload observations in, job events out, and the periodic reconcile.
+
+It follows the runner's `watch` (every workload's status, then each change) and
+records each on the job (`observations.observed`). Every few seconds it also
+reconciles the jobs the dispatcher holds places for against the workloads that
+exist: a workload gone missing is a lost attempt, one stuck pending too long is
+lost as well, one running past its time limit is stopped and timed out. Finished
+workloads are garbage-collected, with their input files, after a while.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+from nats.aio.client import Client
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlmodel import col
+
+from ckrv.events.state import JobCommand, JobTransitionError
+from ckrv.events.store import JobEventStore
+from ckrv.events.streams import provision_streams
+from ckrv.services.common.connections import connect_nats, connection_checks
+from ckrv.services.common.db import create_engine, session_factory
+from ckrv.services.common.http import ReadinessCheck
+from ckrv.services.common.service import Service
+from ckrv.services.common.settings import CommonSettings
+from ckrv.services.common.storage import artifact_key, storage_client
+from ckrv.services.dispatcher.admission import Admission, AdmissionState
+from ckrv.services.runners.backends import open_runner
+from ckrv.services.runners.base import Runner, WorkloadNotFound, WorkloadState, WorkloadStatus
+from ckrv.services.runners.settings import RunnerSettings
+from ckrv.services.watcher.observations import (
+    WorkerFinish,
+    decide_all,
+    lost,
+    observed,
+)
+from ckrv.services.watcher.settings import WatcherSettings
+from ckrv.services.worker.result import JobResult
+
+logger = logging.getLogger(__name__)
+
+# The end of a workload's output searched for the worker's last line.
+OUTPUT_TAIL_BYTES = 64 * 1024
+
+
+class Watcher:
+    """The watcher's work, given its connections (the service wires them up)."""
+
+    def __init__(
+        self,
+        *,
+        common: CommonSettings,
+        settings: WatcherSettings,
+        sessions: async_sessionmaker[AsyncSession],
+        store: JobEventStore,
+        runner: Runner,
+    ) -> None:
+        self._common = common
+        self._settings = settings
+        self._sessions = sessions
+        self._store = store
+        self._runner = runner
+        self._storage = storage_client(common)
+
+    async def follow(self, stop: asyncio.Event) -> None:
+        """Record every status the runner reports, until `stop`."""
+        async for status in self._runner.watch():
+            if stop.is_set():
+                return
+            try:
+                await self.observe(status)
+            except Exception:
+                logger.exception("could not record an observation", extra={"workload": status.name})
+
+    async def observe(self, status: WorkloadStatus) -> None:
+        state = (await self._store.load(status.job_id)).state
+        if state.is_terminal or state.workload_name != status.name:
+            return
+        result = finish = None
+        if status.state is WorkloadState.SUCCEEDED:
+            result = await self._result(status)
+        elif status.state is WorkloadState.FAILED:
+            finish = await self._finish(status)
+        await self._record(status.job_id, observed(status, state, result=result, finish=finish))
+
+    async def _record(self, job_id: UUID, commands: list[JobCommand]) -> None:
+        if not commands:
+            return
+        try:
+            await self._store.execute(job_id, lambda state: decide_all(state, commands))
+        except JobTransitionError as error:
+            # The job moved on first (cancelled, or ended another way): that end stands.
+            logger.info(
+                "observation not recorded", extra={"job_id": str(job_id), "why": str(error)}
+            )
+
+    async def _result(self, status: WorkloadStatus) -> JobResult | None:
+        key = artifact_key(status.job_id, status.attempt, "result.json")
+
+        def read() -> bytes:
+            response = self._storage.get_object(self._common.s3_bucket, key)
+            try:
+                return response.read()
+            finally:
+                response.close()
+                response.release_conn()
+
+        try:
+            return JobResult.model_validate_json(await asyncio.to_thread(read))
+        except (OSError, ValidationError, ValueError) as error:
+            logger.warning("no readable result", extra={"key": key, "error": repr(error)})
+            return None
+        except Exception as error:  # minio's S3Error for a missing object
+            logger.warning("no result", extra={"key": key, "error": repr(error)})
+            return None
+
+    async def _finish(self, status: WorkloadStatus) -> WorkerFinish | None:
+        tail = b""
+        try:
+            async for chunk in self._runner.read_output(status.name):
+                tail = (tail + chunk.data)[-OUTPUT_TAIL_BYTES:]
+        except WorkloadNotFound:
+            return None
+        return WorkerFinish.from_output_tail(tail)
+
+    async def reconcile(self) -> None:
+        """Check the jobs holding places against their workloads; collect old workloads."""
+        now = datetime.now(UTC)
+        async with self._sessions() as session:
+            active = list(
+                await session.scalars(
+                    select(Admission).where(
+                        col(Admission.state) == AdmissionState.ACTIVE,
+                        col(Admission.workload_name).is_not(None),
+                    )
+                )
+            )
+        for admission in active:
+            assert admission.workload_name is not None
+            status = await self._runner.get(admission.workload_name)
+            if status is None:
+                await self._lost(admission, "the workload disappeared", now)
+            else:
+                await self._check_timeouts(status, now)
+        collected = await self._runner.collect_garbage(
+            finished_before=now - timedelta(seconds=self._settings.collect_after_seconds)
+        )
+        if collected:
+            logger.info("finished workloads collected", extra={"count": len(collected)})
+
+    async def _lost(self, admission: Admission, reason: str, now: datetime) -> None:
+        assert admission.workload_name is not None
+        state = (await self._store.load(admission.job_id)).state
+        if state.is_terminal or state.workload_name != admission.workload_name:
+            return
+        placeholder = WorkloadStatus(
+            name=admission.workload_name,
+            job_id=admission.job_id,
+            attempt=admission.attempt,
+            state=WorkloadState.GONE,
+            created_at=now,
+        )
+        await self._record(admission.job_id, lost(placeholder, reason, now))
+
+    async def _check_timeouts(self, status: WorkloadStatus, now: datetime) -> None:
+        if status.state is WorkloadState.PENDING:
+            waited = (now - status.created_at).total_seconds()
+            if waited > self._settings.pending_timeout_seconds:
+                await self._runner.stop(status.name, self._settings.stop_grace_seconds)
+                await self._record(
+                    status.job_id,
+                    lost(status, f"the workload did not start within {waited:.0f} seconds", now),
+                )
+        elif status.state is WorkloadState.RUNNING and status.started_at is not None:
+            state = (await self._store.load(status.job_id)).state
+            limit = state.time_limit_seconds
+            if limit is None:
+                return
+            overdue = now - status.started_at > timedelta(
+                seconds=limit + self._settings.run_timeout_margin_seconds
+            )
+            if overdue:
+                # The runner should have ended it at the limit; make sure it does not run on.
+                await self._runner.stop(status.name, self._settings.stop_grace_seconds)
+                stopped = await self._runner.get(status.name)
+                if stopped is not None:
+                    await self.observe(stopped)
+
+    async def reconcile_until(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.reconcile()
+            except Exception:
+                logger.exception("reconcile pass failed")
+            try:
+                await asyncio.wait_for(stop.wait(), self._settings.reconcile_interval_seconds)
+            except TimeoutError:
+                continue
+
+
+class WatcherService(Service):
+    name = "watcher"
+
+    def __init__(
+        self, common: CommonSettings, settings: WatcherSettings, runner: RunnerSettings
+    ) -> None:
+        self._common = common
+        self._settings = settings
+        self._runner_settings = runner
+        self._nats: Client | None = None
+        self._engine: AsyncEngine | None = None
+        self._runner: Runner | None = None
+        self.watcher: Watcher | None = None
+
+    async def start(self) -> None:
+        self._nats = await connect_nats(self._common.nats_url, name=self.name)
+        await provision_streams(self._nats.jetstream())
+        self._engine = create_engine(self._common.database_url.get_secret_value())
+        self._runner = open_runner(self._runner_settings)
+        self.watcher = Watcher(
+            common=self._common,
+            settings=self._settings,
+            sessions=session_factory(self._engine),
+            store=JobEventStore(self._nats),
+            runner=self._runner,
+        )
+
+    def readiness_checks(self) -> dict[str, ReadinessCheck]:
+        return connection_checks(lambda: self._nats, lambda: self._engine)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        assert self.watcher is not None
+        following = asyncio.create_task(self.watcher.follow(stop))
+        try:
+            await self.watcher.reconcile_until(stop)
+        finally:
+            following.cancel()
+            await asyncio.gather(following, return_exceptions=True)
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.close()
+        if self._nats is not None:
+            await self._nats.drain()
+        if self._engine is not None:
+            await self._engine.dispose()

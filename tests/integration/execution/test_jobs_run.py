@@ -1,0 +1,128 @@
+"""Jobs run end to end: submitted through the API, dispatched, run by `ckrv-worker`, watched."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from ckrv.services.runners.base import WorkloadStatus
+from ckrv.services.stack.seaweed_server import SeaweedServer
+from tests.integration.execution.conftest import (
+    Execution,
+    add_pat,
+    event_types,
+    submit,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def stored(s3: SeaweedServer, key: str) -> bytes:
+    response = s3.client().get_object(s3.bucket, key)
+    try:
+        return response.read()
+    finally:
+        response.close()
+        response.release_conn()
+
+
+def test_a_job_runs_and_its_results_are_stored(
+    execution: Execution, s3_server: SeaweedServer
+) -> None:
+    with execution.client() as client:
+        credential = add_pat(client, execution.git.token)
+        job_id = submit(
+            client,
+            execution.repository(),
+            ["echo 'rate limiter' > LIMITS.md"],
+            credential=credential,
+        )
+        job = wait_for(client, job_id)
+        assert job["status"] == "succeeded", job["error_message"]
+        assert job["result_summary"]
+        assert job["started_at"] is not None
+        assert job["completed_at"] is not None
+        types = event_types(client, job_id)
+    assert types[:5] == [
+        "job.submitted",
+        "job.queued",
+        "job.dispatched",
+        "job.started",
+        *types[4:5],
+    ]
+    assert types[-1] == "job.succeeded"
+    diff = stored(s3_server, f"jobs/{job_id}/1/diff.patch").decode()
+    assert "+rate limiter" in diff
+    assert diff.count("diff --git") == 1
+    with tempfile.TemporaryDirectory() as folder:
+        bundle = Path(folder) / "repo.bundle"
+        bundle.write_bytes(stored(s3_server, f"jobs/{job_id}/1/repo.bundle"))
+        heads = subprocess.run(
+            ["git", "bundle", "list-heads", str(bundle)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    assert f"refs/heads/ckrv/{job_id.hex[:8]}" in heads
+
+
+def test_a_wrong_token_fails_the_job_with_a_clone_error(execution: Execution) -> None:
+    with execution.client() as client:
+        credential = add_pat(client, "ckrv_pat_not-the-right-one")
+        job_id = submit(client, execution.repository(), ["true"], credential=credential)
+        job = wait_for(client, job_id)
+    assert job["status"] == "failed"
+    assert "clone" in job["error_message"].lower()
+    assert "ckrv_pat_not-the-right-one" not in job["error_message"]
+
+
+def test_a_missing_branch_fails_the_job(execution: Execution) -> None:
+    with execution.client() as client:
+        credential = add_pat(client, execution.git.token)
+        job_id = submit(
+            client, execution.repository(), ["true"], credential=credential, base_branch="nope"
+        )
+        job = wait_for(client, job_id)
+    assert job["status"] == "failed"
+    assert "nope" in job["error_message"]
+
+
+def test_a_cancelled_job_stops_its_workload(execution: Execution) -> None:
+    with execution.client() as client:
+        credential = add_pat(client, execution.git.token)
+        job_id = submit(client, execution.repository(), ["sleep 120"], credential=credential)
+        wait_for(client, job_id, {"running"})
+        assert client.post(f"/jobs/{job_id}/cancel").status_code == 202
+        job = wait_for(client, job_id)
+        types = event_types(client, job_id)
+    assert job["status"] == "cancelled"
+    assert "job.cancelled" in types
+    workloads = [status for status in execution_statuses(execution) if status.job_id == job_id]
+    assert [status.state.value for status in workloads] == ["failed"]
+    assert not sleeping_processes()
+
+
+def execution_statuses(execution: Execution) -> list[WorkloadStatus]:
+    async def statuses() -> list[WorkloadStatus]:
+        async with execution.runner() as runner:
+            return await runner.list()
+
+    return asyncio.run(statuses())
+
+
+def sleeping_processes() -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if command.strip() == "sleep 120":
+                found.append(entry.name)
+    return found

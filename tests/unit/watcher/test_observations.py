@@ -1,0 +1,142 @@
+"""What a workload's status means for its job: the events an observation records."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from ckrv.events.catalog import (
+    JobFailed,
+    JobLost,
+    JobRetried,
+    JobStarted,
+    JobSucceeded,
+    JobTimedOut,
+    workload_name,
+)
+from ckrv.events.state import JobStatus
+from ckrv.services.runners.base import FailureReason, WorkloadState, WorkloadStatus
+from ckrv.services.watcher.observations import WorkerFinish, decide_all, observed
+from ckrv.services.worker.result import JobResult
+from tests.unit.events.job_builders import JOB_ID, job_in
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+NAME = workload_name(JOB_ID, 1)
+
+
+def status(state: WorkloadState, **fields: object) -> WorkloadStatus:
+    values: dict[str, object] = {
+        "name": NAME,
+        "job_id": JOB_ID,
+        "attempt": 1,
+        "state": state,
+        "created_at": NOW - timedelta(minutes=5),
+        "started_at": NOW - timedelta(minutes=4),
+    } | fields
+    return WorkloadStatus(**values)  # type: ignore[arg-type]
+
+
+def result() -> JobResult:
+    return JobResult.model_validate(
+        {
+            "job_id": str(JOB_ID),
+            "attempt": 1,
+            "spec_id": "add-rate-limiter",
+            "summary": "Changed 1 file.",
+            "base_branch": "main",
+            "base_commit": "a" * 40,
+            "feature_branch": "ckrv/12345678",
+            "head_commit": "b" * 40,
+            "files_changed": ["README.md"],
+            "insertions": 3,
+            "deletions": 1,
+            "agents": [],
+            "metrics": {"duration_seconds": 4.5},
+            "artifacts": {},
+        }
+    )
+
+
+def test_a_running_workload_starts_a_dispatched_job_once() -> None:
+    dispatched = job_in(JobStatus.DISPATCHED)
+    (started,) = decide_all(dispatched, observed(status(WorkloadState.RUNNING), dispatched))
+    assert isinstance(started, JobStarted)
+    again = decide_all(dispatched, observed(status(WorkloadState.RUNNING), dispatched))
+    assert again[0].id == started.id  # the same observation gives the same event id
+    assert observed(status(WorkloadState.RUNNING), job_in(JobStatus.RUNNING)) == []
+
+
+def test_success_carries_the_result_and_starts_the_job_if_unseen() -> None:
+    dispatched = job_in(JobStatus.DISPATCHED)
+    seen = status(WorkloadState.SUCCEEDED, exit_code=0, finished_at=NOW)
+    started, succeeded = decide_all(dispatched, observed(seen, dispatched, result=result()))
+    assert isinstance(started, JobStarted)
+    assert isinstance(succeeded, JobSucceeded)
+    assert succeeded.data.summary == "Changed 1 file."
+    assert succeeded.data.files_changed == ("README.md",)
+    assert succeeded.data.metrics == {"duration_seconds": 4.5, "insertions": 3, "deletions": 1}
+    assert succeeded.occurred_at == NOW
+
+
+def test_success_without_a_result_fails() -> None:
+    running = job_in(JobStatus.RUNNING)
+    (failed,) = decide_all(running, observed(status(WorkloadState.SUCCEEDED), running))
+    assert isinstance(failed, JobFailed)
+    assert failed.data.error_code == "result_missing"
+
+
+def test_the_workers_last_line_explains_a_failure() -> None:
+    running = job_in(JobStatus.RUNNING)
+    tail = (
+        b'{"event": "phase", "phase": "cloning", "message": "cloning"}\n'
+        b'{"event": "finished", "exit_code": 1, "reason": "clone_failed",'
+        b' "message": "the repository refused the credential"}\n'
+    )
+    finish = WorkerFinish.from_output_tail(tail)
+    seen = status(WorkloadState.FAILED, exit_code=1, reason=FailureReason.ERROR)
+    (failed,) = decide_all(running, observed(seen, running, finish=finish))
+    assert isinstance(failed, JobFailed)
+    assert failed.data.error_code == "clone_failed"
+    assert failed.data.error_message == "the repository refused the credential"
+    assert failed.data.exit_code == 1
+
+
+def test_exit_codes_explain_a_failure_without_a_last_line() -> None:
+    running = job_in(JobStatus.RUNNING)
+    for exit_code, error_code in [(2, "infrastructure_error"), (3, "verification_failed")]:
+        seen = status(WorkloadState.FAILED, exit_code=exit_code, reason=FailureReason.ERROR)
+        (failed,) = decide_all(running, observed(seen, running))
+        assert isinstance(failed, JobFailed)
+        assert failed.data.error_code == error_code
+
+
+def test_deadline_and_memory() -> None:
+    running = job_in(JobStatus.RUNNING)
+    deadline = status(WorkloadState.FAILED, reason=FailureReason.DEADLINE_EXCEEDED)
+    (timed_out,) = decide_all(running, observed(deadline, running))
+    assert isinstance(timed_out, JobTimedOut)
+    oom = status(WorkloadState.FAILED, exit_code=137, reason=FailureReason.OOM_KILLED)
+    (failed,) = decide_all(running, observed(oom, running))
+    assert isinstance(failed, JobFailed)
+    assert failed.data.error_code == "out_of_memory"
+
+
+def test_a_lost_workload_is_retried_until_the_attempts_run_out() -> None:
+    running = job_in(JobStatus.RUNNING)
+    lost_supervisor = status(WorkloadState.FAILED, reason=FailureReason.LOST)
+    lost, retried = decide_all(running, observed(lost_supervisor, running))
+    assert isinstance(lost, JobLost)
+    assert isinstance(retried, JobRetried)
+    assert retried.data.attempt == 2
+    last = job_in(JobStatus.RUNNING, max_attempts=1)
+    (failed,) = decide_all(last, observed(status(WorkloadState.GONE), last))
+    assert isinstance(failed, JobFailed)
+    assert failed.data.error_code == "workload_lost"
+
+
+def test_finished_jobs_and_other_attempts_ignore_observations() -> None:
+    stopped = status(WorkloadState.FAILED, reason=FailureReason.STOPPED)
+    assert observed(stopped, job_in(JobStatus.CANCELLED)) == []
+    assert observed(stopped, job_in(JobStatus.RUNNING, cancel_requested=True)) == []
+    late = status(WorkloadState.SUCCEEDED)
+    assert observed(late, job_in(JobStatus.CANCELLED), result=result()) == []
+    assert observed(late, job_in(JobStatus.RETRYING), result=result()) == []
