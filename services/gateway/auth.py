@@ -30,17 +30,16 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
-async def caller_id(request: Request, context: ContextDep, session: SessionDep) -> UUID:
+async def caller_id(request: Request, context: ContextDep) -> UUID:
     """The id of the user the bearer token speaks for (an access token or an API token),
     without checking that the user still exists: a handler that reads the user's row anyway
     checks it there, and saves the round trips. Any failure is the same 401."""
     token = bearer_token(request)
     if token.startswith(API_TOKEN_PREFIX):
-        async with session.begin():
+        # A session of its own, given back before the handler runs: a handler that opens
+        # sessions must not find the pool taken by requests each holding one already.
+        async with context.sessions() as session, session.begin():
             user_id = await api_token_owner(session, token)
-        # Given back before the handler runs: a handler that opens sessions must not find
-        # the pool taken by requests each holding one already.
-        await session.close()
     else:
         try:
             user_id = context.keys.verify(token).user_id
