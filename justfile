@@ -19,27 +19,38 @@ demo:
     python -m ckrv.services.stack.demo
 
 # [test] Lint, type-check, then the whole test suite against real servers (and a browser).
-test: lint browser
+test: lint system-packages
     pytest -q
 
 # [test] Only the tests that need no server.
 test-unit:
     pytest -q -m "not integration and not e2e"
 
-# [setup] Debian's Chromium for the browser tests (Playwright drives /usr/bin/chromium); idempotent.
-browser:
+# [setup] Debian packages the tests drive: Chromium (Playwright drives /usr/bin/chromium),
+# bubblewrap (the local runner's sandbox), sshd (git over ssh), strace; idempotent.
+system-packages:
     #!/usr/bin/env bash
     set -euo pipefail
-    [ -x /usr/bin/chromium ] && exit 0
+    declare -A wanted=(
+        [/usr/bin/chromium]=chromium
+        [/usr/bin/bwrap]=bubblewrap
+        [/usr/sbin/sshd]=openssh-server
+        [/usr/bin/strace]=strace
+    )
+    missing=()
+    for program in "${!wanted[@]}"; do
+        [ -x "$program" ] || missing+=("${wanted[$program]}")
+    done
+    [ ${#missing[@]} -eq 0 ] && exit 0
     if ! command -v apt-get >/dev/null; then
-        echo "browser: no /usr/bin/chromium and no apt-get to install it; install Chromium there" >&2
+        echo "system-packages: install ${missing[*]} (no apt-get here to do it)" >&2
         exit 1
     fi
     sudo=""
     if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
-    echo "browser: installing Debian's chromium ..." >&2
+    echo "system-packages: installing ${missing[*]} from Debian ..." >&2
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 
 # [quality] ruff (lint and format check), mypy --strict, and the generated contracts are current.
 lint:
