@@ -6,11 +6,13 @@ import asyncio
 import subprocess
 import tempfile
 from pathlib import Path
+from uuid import uuid4
 
 import pytest
 
 from ckrv.services.runners.base import WorkloadStatus
 from ckrv.services.stack.seaweed_server import SeaweedServer
+from tests.git_servers import GitSshServer, create_sample_repository
 from tests.integration.execution.conftest import (
     Execution,
     add_pat,
@@ -69,6 +71,31 @@ def test_a_job_runs_and_its_results_are_stored(
             check=True,
         ).stdout
     assert f"refs/heads/ckrv/{job_id.hex[:8]}" in heads
+
+
+def test_a_deploy_key_clones_over_ssh(
+    execution: Execution, git_ssh_server: GitSshServer, git_repositories: Path
+) -> None:
+    sample = create_sample_repository(git_repositories, f"ssh-{uuid4().hex[:8]}")
+    with execution.client() as client:
+        response = client.post(
+            "/credentials",
+            json={
+                "name": "deploy-key",
+                "provider": "generic",
+                "credential_type": "deploy_key",
+                "value": git_ssh_server.deploy_key,
+            },
+        )
+        assert response.status_code == 201, response.text
+        job_id = submit(
+            client,
+            git_ssh_server.url_for(sample.path),
+            ["echo ssh > SSH.md"],
+            credential="deploy-key",
+        )
+        job = wait_for(client, job_id)
+    assert job["status"] == "succeeded", job["error_message"]
 
 
 def test_a_wrong_token_fails_the_job_with_a_clone_error(execution: Execution) -> None:
