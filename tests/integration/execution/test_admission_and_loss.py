@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -72,3 +73,37 @@ def test_a_lost_workload_is_run_again_as_the_next_attempt(execution: Execution) 
         # The second attempt would sleep its minute too; cancelling ends it.
         client.post(f"/jobs/{job_id}/cancel")
         assert wait_for(client, job_id)["status"] == "cancelled"
+
+
+def test_a_queued_job_is_cancelled_without_ever_running(execution: Execution) -> None:
+    with execution.client("free") as client:
+        credential = add_pat(client, execution.git.token)
+        repository = execution.repository()
+        first = submit(client, repository, ["sleep 2"], credential=credential)
+        queued = submit(client, repository, ["echo never > NEVER.md"], credential=credential)
+        wait_for(client, first, {"running"})
+        assert client.post(f"/jobs/{queued}/cancel").status_code == 202
+        assert wait_for(client, queued)["status"] == "cancelled"
+        assert "job.dispatched" not in event_types(client, queued)
+        assert wait_for(client, first)["status"] == "succeeded"
+    assert not (execution.runner_root / workload_name(queued, 1)).exists()
+
+
+def test_a_deleted_workload_is_lost_and_retried(execution: Execution) -> None:
+    with execution.client() as client:
+        credential = add_pat(client, execution.git.token)
+        job_id = submit(client, execution.repository(), ["sleep 60"], credential=credential)
+        wait_for(client, job_id, {"running"})
+        asyncio.run(delete_workload(execution, workload_name(job_id, 1)))
+        deadline = time.monotonic() + 60
+        while "job.retried" not in (types := event_types(client, job_id)):
+            assert time.monotonic() < deadline, types
+            time.sleep(0.1)
+        client.post(f"/jobs/{job_id}/cancel")
+        assert wait_for(client, job_id)["status"] == "cancelled"
+    assert "job.lost" in types
+
+
+async def delete_workload(execution: Execution, name: str) -> None:
+    async with execution.runner() as runner:
+        await runner.delete(name)

@@ -36,11 +36,12 @@ def stored(s3: SeaweedServer, key: str) -> bytes:
 def test_a_job_runs_and_its_results_are_stored(
     execution: Execution, s3_server: SeaweedServer
 ) -> None:
+    sample = create_sample_repository(execution.repositories, f"limits-{uuid4().hex[:8]}")
     with execution.client() as client:
         credential = add_pat(client, execution.git.token)
         job_id = submit(
             client,
-            execution.repository(),
+            execution.git.url_for(sample.path),
             ["echo 'rate limiter' > LIMITS.md"],
             credential=credential,
         )
@@ -50,27 +51,35 @@ def test_a_job_runs_and_its_results_are_stored(
         assert job["started_at"] is not None
         assert job["completed_at"] is not None
         types = event_types(client, job_id)
-    assert types[:5] == [
+        (stored_credential,) = client.get("/credentials").json()["credentials"]
+        credential_used = stored_credential["last_used_at"] is not None
+    assert types == [
         "job.submitted",
         "job.queued",
         "job.dispatched",
         "job.started",
-        *types[4:5],
+        "job.succeeded",
     ]
-    assert types[-1] == "job.succeeded"
     diff = stored(s3_server, f"jobs/{job_id}/1/diff.patch").decode()
     assert "+rate limiter" in diff
     assert diff.count("diff --git") == 1
     with tempfile.TemporaryDirectory() as folder:
         bundle = Path(folder) / "repo.bundle"
         bundle.write_bytes(stored(s3_server, f"jobs/{job_id}/1/repo.bundle"))
-        heads = subprocess.run(
-            ["git", "bundle", "list-heads", str(bundle)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    assert f"refs/heads/ckrv/{job_id.hex[:8]}" in heads
+        clone = Path(folder) / "clone"
+        branch = f"ckrv/{job_id.hex[:8]}"
+        git("clone", "--quiet", str(sample.path), str(clone))
+        git("-C", str(clone), "fetch", "--quiet", str(bundle), f"{branch}:{branch}")
+        git("-C", str(clone), "checkout", "--quiet", branch)
+        assert (clone / "LIMITS.md").read_text() == "rate limiter\n"
+        assert git("-C", str(clone), "rev-parse", "main~0") == sample.head
+    assert credential_used
+
+
+def git(*arguments: str) -> str:
+    return subprocess.run(
+        ["git", *arguments], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def test_a_deploy_key_clones_over_ssh(
