@@ -40,8 +40,9 @@ _EXIT_CODE_ERRORS = {
     2: ("infrastructure_error", "the job's workload hit an infrastructure error"),
     3: ("verification_failed", "the result did not pass the spec's verification"),
 }
-# Ends that say nothing against the job itself: another attempt may well succeed.
-_LOST_REASONS = {FailureReason.LOST, FailureReason.EVICTED}
+# Ends that say nothing against the job itself: another attempt may well succeed. A stop
+# nobody asked for through the job (an operator, a drained node) is one of them.
+_LOST_REASONS = {FailureReason.LOST, FailureReason.EVICTED, FailureReason.STOPPED}
 
 
 @dataclass(frozen=True)
@@ -178,8 +179,6 @@ def _error(status: WorkloadStatus, finish: WorkerFinish | None) -> tuple[str, st
             return "image_pull_failed", status.message or "the worker image could not be pulled"
         case FailureReason.START_ERROR:
             return "infrastructure_error", status.message or "the worker could not be started"
-        case FailureReason.STOPPED:
-            return "stopped", "the job's workload was stopped"
     fallback_code, fallback_message = _EXIT_CODE_ERRORS.get(
         status.exit_code or 0, ("worker_crashed", f"the worker exited with {status.exit_code}")
     )

@@ -21,7 +21,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlmodel import col
 
-from ckrv.events.state import JobCommand, JobTransitionError
+from ckrv.events.envelope import observation_event_id
+from ckrv.events.state import JobCommand, JobTransitionError, TimeOutJob
 from ckrv.events.store import JobEventStore
 from ckrv.events.streams import provision_streams
 from ckrv.services.common.connections import connect_nats, connection_checks
@@ -35,6 +36,7 @@ from ckrv.services.runners.backends import open_runner
 from ckrv.services.runners.base import Runner, WorkloadNotFound, WorkloadState, WorkloadStatus
 from ckrv.services.runners.settings import RunnerSettings
 from ckrv.services.watcher.observations import (
+    ACTOR,
     WorkerFinish,
     decide_all,
     lost,
@@ -188,9 +190,12 @@ class Watcher:
             if overdue:
                 # The runner should have ended it at the limit; make sure it does not run on.
                 await self._runner.stop(status.name, self._settings.stop_grace_seconds)
-                stopped = await self._runner.get(status.name)
-                if stopped is not None:
-                    await self.observe(stopped)
+                timed_out = TimeOutJob(
+                    actor=ACTOR,
+                    attempt=status.attempt,
+                    event_id=observation_event_id(status.name, "timed-out"),
+                )
+                await self._record(status.job_id, [timed_out])
 
     async def reconcile_until(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -133,6 +133,14 @@ def test_a_lost_workload_is_retried_until_the_attempts_run_out() -> None:
     assert failed.data.error_code == "workload_lost"
 
 
+def test_a_stop_nobody_asked_for_through_the_job_is_a_lost_attempt() -> None:
+    running = job_in(JobStatus.RUNNING)
+    stopped = status(WorkloadState.FAILED, exit_code=143, reason=FailureReason.STOPPED)
+    lost, retried = decide_all(running, observed(stopped, running))
+    assert isinstance(lost, JobLost)
+    assert isinstance(retried, JobRetried)
+
+
 def test_finished_jobs_and_other_attempts_ignore_observations() -> None:
     stopped = status(WorkloadState.FAILED, reason=FailureReason.STOPPED)
     assert observed(stopped, job_in(JobStatus.CANCELLED)) == []
