@@ -5,6 +5,8 @@
 returns at once. The supervisor holds the folder's lock for its whole life, so
 the lock tells anyone whether the workload is still watched over. It
 
+- lowers its session's CPU priority to the lowest (`WORKLOAD_NICENESS`), so that
+  on a machine busy with jobs the services still get the CPU they need;
 - starts the command in a process group of its own, output appended to
   `output.log`, its data segment capped at the memory limit;
 - on a stop request (`stop.json` and SIGUSR1) or at the time limit sends SIGTERM
@@ -47,6 +49,8 @@ _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _SWEEP_RETRY_SECONDS = 0.005
 _PROC = Path("/proc")
+# Jobs are batch work: the dispatcher, watcher and gateway must not queue behind them.
+WORKLOAD_NICENESS = 19
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -294,8 +298,23 @@ def main(arguments: list[str]) -> int:
     record = folder.read_status()
     if record.state is not WorkloadState.PENDING or record.supervisor_pid is not None:
         return 0  # an earlier supervisor ran it, or began to: it must never run twice
+    _yield_cpu()
     Supervisor(folder, record).run()
     return 0
+
+
+def _yield_cpu() -> None:
+    """Give this workload, the supervisor with every process it starts, the lowest CPU priority.
+
+    The supervisor leads a session of its own, and with the kernel's autogroup scheduling
+    (the default on desktop distributions) each session is one scheduling group, weighed
+    as much as all the services' session: a hundred workloads would leave the services a
+    hundredth of the CPU whatever their processes' nice values. So the session's group
+    is lowered too; the processes' own value counts where autogroups are off.
+    """
+    os.nice(WORKLOAD_NICENESS)
+    with contextlib.suppress(OSError):  # a kernel without autogroup scheduling
+        (_PROC / "self" / "autogroup").write_text(str(WORKLOAD_NICENESS))
 
 
 if __name__ == "__main__":
