@@ -3,7 +3,9 @@
 The gateway runs as `ckrv-cloud serve gateway` on its own nats-server and
 PostgreSQL (loopback, as the local stack runs them). 50 clients, each an
 enterprise user signed in with an access token as the device flow issues them
-and one keep-alive connection, submit jobs with a 1.6 KB spec.
+and one keep-alive connection, submit jobs with a 1.6 KB spec. The clients send
+requests encoded once (`http_load`): on the two cores the gateway shares with
+them, a general HTTP client would take CPU from it and add its own delays.
 
 - Throughput: the 50 clients submit 2,000 jobs back to back, as fast as the
   gateway answers (closed loop); submissions/s is the rate it sustained.
@@ -37,6 +39,7 @@ import nats
 from ckrv.events.state import RequestCancel, decide
 from ckrv.events.store import JobEventStore
 from ckrv.services.gateway.identity.keys import SigningKeys
+from tests.perf.http_load import KeepAliveClient
 from tests.perf.local_gateway import local_gateway
 from tests.perf.report import BenchmarkResult, Figure, latency_figures
 from tests.running_gateway import RunningGateway
@@ -93,21 +96,29 @@ class LagSampler:
             await asyncio.sleep(POLL_SECONDS)
 
 
-async def submit(client: httpx.AsyncClient) -> tuple[UUID, float]:
+class Submitter:
+    """One client: a user's keep-alive connection and the submission, encoded once."""
+
+    def __init__(self, api_url: str, token: str) -> None:
+        self.connection = KeepAliveClient(api_url, {"Authorization": f"Bearer {token}"})
+        self.request = self.connection.prepare_post("/jobs", BODY)
+
+
+async def submit(client: Submitter) -> tuple[UUID, float]:
     """Submit one job; its id and when the answer came."""
-    response = await client.post("/jobs", json=BODY)
+    answer = await client.connection.send(client.request)
     returned = time.perf_counter()
-    if response.status_code != 201:
-        raise RuntimeError(f"submission refused: {response.status_code} {response.text}")
-    return UUID(response.json()["id"]), returned
+    if answer.status != 201:
+        raise RuntimeError(f"submission refused: {answer.status} {answer.body!r}")
+    return UUID(answer.json()["id"]), returned
 
 
-async def closed_loop(clients: list[httpx.AsyncClient]) -> tuple[float, list[float]]:
+async def closed_loop(clients: list[Submitter]) -> tuple[float, list[float]]:
     """Every client submits back to back until SUBMISSIONS are done: (elapsed, latencies)."""
     latencies: list[float] = []
     remaining = SUBMISSIONS
 
-    async def sender(client: httpx.AsyncClient) -> None:
+    async def sender(client: Submitter) -> None:
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
@@ -121,7 +132,7 @@ async def closed_loop(clients: list[httpx.AsyncClient]) -> tuple[float, list[flo
 
 
 async def at_target_rate(
-    clients: list[httpx.AsyncClient], sampler: LagSampler
+    clients: list[Submitter], sampler: LagSampler
 ) -> tuple[float, list[float], list[UUID]]:
     """SUBMISSIONS offered at THROUGHPUT_TARGET/s: (elapsed, latencies from due time, job ids)."""
     interval = len(clients) / THROUGHPUT_TARGET
@@ -130,7 +141,7 @@ async def at_target_rate(
     job_ids: list[UUID] = []
     started = time.perf_counter()
 
-    async def sender(index: int, client: httpx.AsyncClient) -> None:
+    async def sender(index: int, client: Submitter) -> None:
         first = started + index * interval / len(clients)
         for n in range(per_client):
             due = first + n * interval
@@ -145,7 +156,7 @@ async def at_target_rate(
     return time.perf_counter() - started, latencies, job_ids
 
 
-async def one_at_a_time(client: httpx.AsyncClient) -> list[float]:
+async def one_at_a_time(client: Submitter) -> list[float]:
     latencies = []
     for _ in range(SEQUENTIAL_SUBMISSIONS):
         sent = time.perf_counter()
@@ -204,15 +215,7 @@ async def access_tokens(gateway: RunningGateway) -> list[str]:
 
 
 async def measure(gateway: RunningGateway, nats_url: str, dsn: str) -> list[Figure]:
-    clients = [
-        httpx.AsyncClient(
-            base_url=gateway.api_url,
-            headers={"Authorization": f"Bearer {token}"},
-            limits=httpx.Limits(max_connections=1),
-            timeout=120,
-        )
-        for token in await access_tokens(gateway)
-    ]
+    clients = [Submitter(gateway.api_url, token) for token in await access_tokens(gateway)]
     nc = await nats.connect(nats_url)
     connection = await asyncpg.connect(dsn)
     try:
@@ -243,7 +246,7 @@ async def measure(gateway: RunningGateway, nats_url: str, dsn: str) -> list[Figu
         await connection.close()
         await nc.close()
         for client in clients:
-            await client.aclose()
+            await client.connection.close()
     return [
         Figure("closed loop: submissions/s", len(saturated) / elapsed, "jobs/s", THROUGHPUT_TARGET),
         # All threads, the projector's included: what one submission costs the process.
