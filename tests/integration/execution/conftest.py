@@ -13,6 +13,7 @@ import json
 import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,12 @@ from uuid import UUID, uuid4
 import httpx
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ckrv.services.common.db import create_schema
-from ckrv.services.common.settings import DEVELOPMENT_CREDENTIAL_KEYS
+from ckrv.events.store import JobEventStore
+from ckrv.services.common.connections import connect_nats
+from ckrv.services.common.db import create_engine, create_schema, session_factory
+from ckrv.services.common.settings import DEVELOPMENT_CREDENTIAL_KEYS, CommonSettings
 from ckrv.services.runners.local import LocalRunner
 from ckrv.services.stack.nats_server import NatsServer
 from ckrv.services.stack.ports import free_ports
@@ -71,8 +75,40 @@ class Execution:
         sample = create_sample_repository(self.repositories, f"sample-{uuid4().hex[:8]}")
         return self.git.url_for(sample.path)
 
-    def runner(self) -> LocalRunner:
-        return LocalRunner(self.runner_root)
+    def runner(self, kind: type[LocalRunner] = LocalRunner) -> LocalRunner:
+        """A runner over the module's workloads, set up as the module's services are."""
+        return kind(self.runner_root, sandbox_read_only_paths=[self.git.tls.ca_certificate.parent])
+
+
+@dataclass(frozen=True)
+class Connections:
+    """What an in-process dispatcher or watcher is built from, on the module's servers."""
+
+    common: CommonSettings
+    sessions: async_sessionmaker[AsyncSession]
+    store: JobEventStore
+
+
+@asynccontextmanager
+async def in_process(execution: Execution, s3: SeaweedServer) -> AsyncIterator[Connections]:
+    """Connections like the module's services have, for a service built in the test."""
+    common = CommonSettings(
+        env="dev",
+        nats_url=execution.nats_url,
+        database_url=execution.database_url,
+        s3_endpoint=s3.endpoint,
+        s3_access_key=s3.access_key,
+        s3_secret_key=s3.secret_key,
+        s3_region=s3.region,
+        s3_bucket=s3.bucket,
+    )
+    nc = await connect_nats(execution.nats_url, name="in-process-service")
+    engine = create_engine(execution.database_url)
+    try:
+        yield Connections(common, session_factory(engine), JobEventStore(nc))
+    finally:
+        await nc.close()
+        await engine.dispose()
 
 
 def submit(

@@ -11,16 +11,18 @@ from uuid import UUID
 
 import pytest
 
-from ckrv.events.store import JobEventStore
-from ckrv.services.common.connections import connect_nats
-from ckrv.services.common.db import create_engine, session_factory
-from ckrv.services.common.settings import CommonSettings
 from ckrv.services.dispatcher.service import Dispatcher
 from ckrv.services.dispatcher.settings import DispatcherSettings
 from ckrv.services.runners.base import Workload, WorkloadRequest
 from ckrv.services.runners.local import LocalRunner
 from ckrv.services.stack.seaweed_server import SeaweedServer
-from tests.integration.execution.conftest import Execution, add_pat, submit, wait_for
+from tests.integration.execution.conftest import (
+    Execution,
+    add_pat,
+    in_process,
+    submit,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -40,39 +42,18 @@ async def workload_counts(execution: Execution) -> Counter[UUID]:
 
 async def crashed_dispatch(execution: Execution, s3: SeaweedServer, job_id: UUID) -> None:
     """What a dispatcher does for `job_id` up to creating its workload, where it dies."""
-    common = CommonSettings(
-        env="dev",
-        nats_url=execution.nats_url,
-        database_url=execution.database_url,
-        s3_endpoint=s3.endpoint,
-        s3_access_key=s3.access_key,
-        s3_secret_key=s3.secret_key,
-        s3_region=s3.region,
-        s3_bucket=s3.bucket,
-    )
-    settings = DispatcherSettings(
-        workload_env=execution.git.client_environment,
-    )
-    nc = await connect_nats(execution.nats_url, name="doomed-dispatcher")
-    engine = create_engine(execution.database_url)
-    runner = DiesAfterCreating(
-        execution.runner_root,
-        sandbox_read_only_paths=[execution.git.tls.ca_certificate.parent],
-    )
-    try:
+    runner = execution.runner(DiesAfterCreating)
+    async with in_process(execution, s3) as connections:
         dispatcher = Dispatcher(
-            common=common,
-            settings=settings,
-            sessions=session_factory(engine),
-            store=JobEventStore(nc),
+            common=connections.common,
+            settings=DispatcherSettings(workload_env=execution.git.client_environment),
+            sessions=connections.sessions,
+            store=connections.store,
             runner=runner,
         )
         await dispatcher.enqueue(job_id)
         with pytest.raises(asyncio.CancelledError):
             await dispatcher.admit()
-    finally:
-        await nc.close()
-        await engine.dispose()
 
 
 async def test_a_restarted_dispatcher_finds_the_workload_its_predecessor_made(
