@@ -9,7 +9,7 @@ from ckrv.services.gateway.errors import install_error_handlers
 from ckrv.services.gateway.identity import activation
 from ckrv.services.gateway.identity import routes as identity
 from ckrv.services.gateway.identity.upstream import install_upstream_sessions
-from ckrv.services.gateway.routes import credentials, jobs, users
+from ckrv.services.gateway.routes import credentials, jobs, logs, users
 from ckrv.services.gateway.settings import GatewaySettings
 
 API_PREFIX = "/v1"
@@ -29,7 +29,14 @@ def create_app(
     )
     app.state.context = context
     install_error_handlers(app)
-    for router in (jobs.router, credentials.router, users.router, identity.router):
+    for router in (
+        jobs.router,
+        logs.router,
+        logs.doubled_prefix_router,
+        credentials.router,
+        users.router,
+        identity.router,
+    ):
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(identity.well_known)
     app.include_router(activation.router)

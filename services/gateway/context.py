@@ -1,4 +1,4 @@
-"""What request handlers share (settings, sessions, NATS, the event store), as dependencies."""
+"""What request handlers share (settings, sessions, NATS, events, logs), as dependencies."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from ckrv.events.store import JobEventStore
 from ckrv.services.common.sealing import KeyRing
 from ckrv.services.gateway.identity.flows import IdentityPolicy
 from ckrv.services.gateway.identity.keys import SigningKeys
+from ckrv.services.gateway.live_logs import LiveLogs
+from ckrv.services.gateway.log_history import LogArchive
 from ckrv.services.gateway.outbox import PublishedMarks
 from ckrv.services.gateway.settings import GatewaySettings
 
@@ -32,6 +34,10 @@ class GatewayContext:
     credential_keys: KeyRing
     # Marks submissions' events published in batches; without it each is marked at once.
     published: PublishedMarks | None = None
+    # The followed jobs' live lines; without it log streams are refused.
+    live_logs: LiveLogs | None = None
+    # Logs older than the LOGS stream keeps; without it they cannot be read.
+    log_archive: LogArchive | None = None
 
 
 # A coroutine, not a plain function: FastAPI would run that in a worker thread each time.

@@ -1,4 +1,4 @@
-"""The gateway process: the HTTP API, the jobs projector and the outbox relay."""
+"""The gateway process: the HTTP API, the jobs projector, the outbox relay and live logs."""
 
 from __future__ import annotations
 
@@ -20,9 +20,12 @@ from ckrv.services.common.db import create_engine, session_factory
 from ckrv.services.common.http import ReadinessCheck
 from ckrv.services.common.service import Service, run_in_thread
 from ckrv.services.common.settings import CommonSettings
+from ckrv.services.common.storage import storage_client
 from ckrv.services.gateway.app import create_app
 from ckrv.services.gateway.context import GatewayContext
 from ckrv.services.gateway.identity.config import load_identity
+from ckrv.services.gateway.live_logs import LiveLogs
+from ckrv.services.gateway.log_history import LogArchive
 from ckrv.services.gateway.outbox import PublishedMarks
 from ckrv.services.gateway.projection import project_jobs, projector_spec
 from ckrv.services.gateway.settings import GatewaySettings
@@ -59,16 +62,21 @@ class GatewayService(Service):
         # The outbox marks have a connection of their own: they never wait behind requests.
         self._marks_engine = create_engine(database_url, pool_size=1)
         keys, identity = load_identity(self._settings)
+        store = JobEventStore(self._nats)
         self.app.state.context = GatewayContext(
             settings=self._settings,
             engine=self._engine,
             sessions=session_factory(self._engine),
             nats=self._nats,
-            store=JobEventStore(self._nats),
+            store=store,
             keys=keys,
             identity=identity,
             credential_keys=self._common.credential_key_ring(),
             published=PublishedMarks(session_factory(self._marks_engine)),
+            live_logs=LiveLogs(
+                self._nats, store, follower_capacity=self._settings.log_follower_queue_lines
+            ),
+            log_archive=LogArchive(storage_client(self._common), self._common.s3_bucket),
         )
 
     def readiness_checks(self) -> dict[str, ReadinessCheck]:
@@ -84,10 +92,18 @@ class GatewayService(Service):
             # behind every request in flight, and under load the read model fell seconds behind.
             run_in_thread(f"{self.name} projector", self._project, stop),
             relay_outbox(context, stop),
+            self._end_log_streams(stop),
         ]
         if context.published is not None:
             tasks.append(context.published.run(stop))
         await asyncio.gather(*tasks)
+
+    async def _end_log_streams(self, stop: asyncio.Event) -> None:
+        """Followed logs stream until the job ends: at a stop they end at once, so the HTTP
+        server can finish; their clients reconnect to another replica."""
+        await stop.wait()
+        if self.context.live_logs is not None:
+            self.context.live_logs.close()
 
     async def _project(self, stop: asyncio.Event) -> None:
         """Fold JOBS into the read model until `stop` is set, with connections of its own."""

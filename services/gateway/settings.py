@@ -84,6 +84,41 @@ class GatewaySettings(ServiceSettings):
         default=None, description="The gateway's client secret at the OpenID Connect provider."
     )
 
+    log_heartbeat_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="A followed log stream sends a comment after this long without a line, "
+        "so proxies and clients know the connection is alive.",
+    )
+    log_retry_milliseconds: int = Field(
+        default=1000,
+        ge=0,
+        description="The `retry:` a log stream sends: how soon a browser reconnects after a cut.",
+    )
+    log_follower_queue_lines: int = Field(
+        default=1000,
+        ge=1,
+        description="Live lines held for one log stream that its client has not taken yet; "
+        "beyond it the stream reads on from JetStream at the client's own pace.",
+    )
+    log_end_quiet_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="After a job ends, its log stream closes once no line came for this long "
+        "(the last lines may reach JetStream just after the job's end).",
+    )
+    log_ticket_seconds: int = Field(
+        default=300,
+        ge=10,
+        description="A log stream ticket is valid this long after it is issued, and beyond "
+        "that while its job runs and for this long after the job ended.",
+    )
+    log_ticket_max_age_seconds: int = Field(
+        default=24 * 3600,
+        ge=60,
+        description="No log stream ticket is accepted longer than this after it was issued.",
+    )
+
     @property
     def oidc_enabled(self) -> bool:
         return self.oidc_issuer is not None
