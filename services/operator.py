@@ -20,7 +20,7 @@ from ckrv.services.stack.cli import up
 app = cyclopts.App(name="ckrv-cloud", help="Operate Chakravarti Cloud: local stack and services.")
 app.command(up)
 
-ServiceName = Literal["gateway", "dispatcher", "watcher"]
+ServiceName = Literal["gateway", "dispatcher", "watcher", "log-relay"]
 T = TypeVar("T")
 
 
@@ -50,11 +50,21 @@ def _watcher(common: CommonSettings) -> tuple[Service, ServiceSettings]:
     return WatcherService(common, settings, RunnerSettings()), settings
 
 
+def _log_relay(common: CommonSettings) -> tuple[Service, ServiceSettings]:
+    from ckrv.services.log_relay.service import LogRelayService
+    from ckrv.services.log_relay.settings import LogRelaySettings
+    from ckrv.services.runners.settings import RunnerSettings
+
+    settings = LogRelaySettings()
+    return LogRelayService(common, settings, RunnerSettings()), settings
+
+
 # Every runnable service, by the name `serve` takes; the local stack starts each of them.
 SERVICES: dict[str, Callable[[CommonSettings], tuple[Service, ServiceSettings]]] = {
     "gateway": _gateway,
     "dispatcher": _dispatcher,
     "watcher": _watcher,
+    "log-relay": _log_relay,
 }
 
 

@@ -8,6 +8,14 @@ from ckrv.services.common import credentials, inbox
 from ckrv.services.dispatcher import admission
 from ckrv.services.gateway import tables as gateway_tables
 from ckrv.services.gateway.identity import tables as identity_tables
+from ckrv.services.log_relay import positions as log_relay_positions
 
-TABLE_MODULES = (credentials, inbox, admission, gateway_tables, identity_tables)
+TABLE_MODULES = (
+    credentials,
+    inbox,
+    admission,
+    gateway_tables,
+    identity_tables,
+    log_relay_positions,
+)
 METADATA = SQLModel.metadata
