@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Self, TypeVar
 from urllib.parse import quote
 
 import httpx
+from httpx_sse import EventSource, ServerSentEvent
 from pydantic import ValidationError
 
 from ckrv.cli.config import (
@@ -42,6 +44,7 @@ from ckrv.cli.models import (
     GitCredentialList,
     Job,
     JobPage,
+    LogPage,
     TokenPair,
     User,
 )
@@ -50,6 +53,8 @@ from ckrv.cli.profiles import login_command
 ModelT = TypeVar("ModelT", bound=ApiModel)
 
 RETRY_DELAY_SECONDS = 0.5
+# A followed log sends a heartbeat every 15 s: this long without a byte means a dead connection.
+STREAM_READ_TIMEOUT_SECONDS = 60.0
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 _ERROR_BODY_SNIPPET = 200
 
@@ -169,6 +174,53 @@ class CloudClient:
         """`POST /jobs/{id}/cancel`: 202 with the job, `conflict` (409) once it has ended."""
         path = f"jobs/{quote(job_id, safe='')}/cancel"
         return self._model(Job, self._request("POST", path, idempotent=False), "POST", path)
+
+    def job_logs(
+        self, job_id: str, *, tail: int | None = None, after: int | None = None
+    ) -> LogPage:
+        """`GET /jobs/{id}/logs`: a page of the job's log; `after` is a line's `seq`."""
+        path = f"jobs/{quote(job_id, safe='')}/logs"
+        params = {
+            name: value for name, value in (("tail", tail), ("after", after)) if value is not None
+        }
+        body = self._request("GET", path, params=params, idempotent=True)
+        return self._model(LogPage, body, "GET", path)
+
+    @contextmanager
+    def log_events(
+        self, job_id: str, *, tail: int | None = None, last_event_id: str | None = None
+    ) -> Iterator[Iterator[ServerSentEvent]]:
+        """`GET /jobs/{id}/logs` as Server-Sent Events, resumed after `last_event_id`.
+
+        A refusal is a `CloudError`; a connection that fails or drops raises httpx's
+        `TransportError` from the events, for the caller to reconnect.
+        """
+        path = f"jobs/{quote(job_id, safe='')}/logs"
+        params = {"follow": "true"} | ({"tail": str(tail)} if tail is not None else {})
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        timeout = httpx.Timeout(self.settings.timeout, read=STREAM_READ_TIMEOUT_SECONDS)
+        if self.token is None:
+            raise AssertionError(f"GET {path} needs a bearer token")  # pragma: no cover
+        token = self.token.value()
+        while True:
+            with self._http.stream(
+                "GET", path, params=params, headers=_with_bearer(headers, token), timeout=timeout
+            ) as response:
+                self._debug(f"HTTP GET {response.url} -> {response.status_code} (event stream)")
+                if response.status_code == httpx.codes.UNAUTHORIZED:
+                    renewed = self.token.renew(token)
+                    if renewed is not None and renewed != token:
+                        token = renewed
+                        continue
+                if not response.is_success:
+                    response.read()
+                    raise error_from_response(response)
+                if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                    raise _bad_response(response, "it is not an event stream")
+                yield EventSource(response).iter_sse()
+                return
 
     def me(self) -> User:
         path = "users/me"

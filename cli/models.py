@@ -129,3 +129,29 @@ class TokenPair(ApiModel):
 
     def expires_at(self, now: datetime | None = None) -> datetime:
         return (now or datetime.now(UTC)) + timedelta(seconds=self.expires_in)
+
+
+class LogLine(ApiModel):
+    """One line of a job's log (`LogEntry`, and its stream position as `id`)."""
+
+    timestamp: Timestamp
+    level: str = "info"
+    source: str = ""
+    message: str = ""
+    phase: str | None = None
+    attempt: int | None = None
+    seq: int = 0
+    id: int | None = None
+
+
+class LogPage(ApiModel):
+    logs: list[LogLine]
+    next: int | None = None
+    """The `after` of the following page; None once the job ended and every line came."""
+
+    @classmethod
+    def from_body(cls, body: Any) -> Self:
+        page = super().from_body(body)
+        for line, line_body in zip(page.logs, body["logs"], strict=True):
+            line._body = line_body
+        return page

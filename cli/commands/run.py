@@ -1,7 +1,8 @@
-"""`ckrv run --cloud`: submit a spec to Chakravarti Cloud and return at once."""
+"""`ckrv run --cloud`: submit a spec to Chakravarti Cloud; return at once, or follow its log."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -9,6 +10,7 @@ import yaml
 from cyclopts import Parameter
 
 from ckrv.cli.client import CloudClient, new_idempotency_key
+from ckrv.cli.commands.logs import follow_to_end, use_colour
 from ckrv.cli.errors import UsageError
 from ckrv.cli.git import GitError, current_branch, origin_url, push_state, push_warnings
 from ckrv.cli.options import DEFAULT_OPTIONS, CommonOptions
@@ -24,9 +26,13 @@ def run(
     repo: Annotated[str | None, Parameter(name="--repo")] = None,
     base_branch: Annotated[str | None, Parameter(name="--base-branch")] = None,
     credential: Annotated[str | None, Parameter(name="--credential")] = None,
+    follow: Annotated[bool, Parameter(alias="-f", negative="")] = False,
     options: CommonOptions = DEFAULT_OPTIONS,
 ) -> None:
     """Run a spec on Chakravarti Cloud; prints the job id and returns without waiting.
+
+    With --follow it shows the job's log until the job ends, and exits 0 if it
+    succeeded, 1 if it failed, timed out or was cancelled.
 
     Parameters
     ----------
@@ -40,6 +46,8 @@ def run(
         Branch the job starts from. Default: the current branch, which must be pushed.
     credential
         Name of a stored git credential, for a private repository.
+    follow
+        Follow the job's log until it ends (as `ckrv logs -f`).
     """
     out = options.output()
     if not cloud:
@@ -71,6 +79,14 @@ def run(
             git_credential_name=credential,
             idempotency_key=new_idempotency_key(),
         )
+        if follow:
+            if out.json:
+                # JSON Lines: the job, then its log lines.
+                out.result(json.dumps(job.body, ensure_ascii=False))
+            elif not out.quiet:
+                out.result(f"Submitted job {job.id}; following its log (Ctrl-C stops following).")
+            follow_to_end(client, job.id, out, tail=None, colour=use_colour(out, no_color=False))
+            return
     if out.json:
         out.data(job.body)
         return

@@ -12,10 +12,13 @@ import asyncio
 import hashlib
 import io
 import json
+import os
 import re
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 from uuid import UUID, uuid4
 
 import httpx
@@ -23,13 +26,14 @@ import pytest
 from nats.aio.client import Client
 
 from ckrv.events.catalog import JobArtifactStoredData
-from ckrv.events.state import RecordArtifact
+from ckrv.events.state import FailJob, RecordArtifact
 from ckrv.events.store import JobEventStore
 from ckrv.events.subjects import LOGS_STREAM, job_log_subject
 from ckrv.services.common.storage import artifact_key
 from ckrv.services.stack.nats_server import NatsServer
 from ckrv.services.stack.postgres_server import PostgresServer
 from ckrv.services.stack.seaweed_server import SeaweedServer
+from tests.integration.gateway.cutting_proxy import CuttingProxy
 from tests.integration.gateway.jobs import job_body
 from tests.integration.gateway.lifecycle import SERVICE, drive, start, succeed
 from tests.integration.gateway.log_lines import (
@@ -276,3 +280,54 @@ async def wait_for_archive(client: httpx.AsyncClient, job_id: UUID) -> dict[str,
             if page["logs"] and page["logs"][0]["id"] is None:
                 return page
             await asyncio.sleep(0.05)
+
+
+async def test_ckrv_logs_follows_through_a_cut_connection_to_the_jobs_failure(
+    logs_gateway: RunningGateway, client: httpx.AsyncClient, nc: Client, store: JobEventStore
+) -> None:
+    job_id = await new_job(client)
+    await start(store, job_id)
+    await publish_lines(nc, job_id, range(1, 4))
+    gateway_address = urlsplit(logs_gateway.url)
+    assert gateway_address.hostname is not None
+    assert gateway_address.port is not None
+    proxy = CuttingProxy(gateway_address.hostname, gateway_address.port)
+    environment = {
+        key: value for key, value in os.environ.items() if not key.startswith("CKRV_")
+    } | {
+        "CKRV_API_URL": f"{proxy.url}/v1",
+        "CKRV_TOKEN": client.headers["authorization"].removeprefix("Bearer "),
+    }
+    ckrv = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ckrv.cli.app",
+        "logs",
+        "-f",
+        str(job_id),
+        "--no-color",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=environment,
+    )
+    assert ckrv.stdout is not None
+    try:
+        async with asyncio.timeout(EVENT_WAIT_SECONDS):
+            shown = [(await ckrv.stdout.readline()).decode() for _ in range(3)]
+            proxy.cut()
+            await publish_lines(nc, job_id, range(4, 6))
+            failure = FailJob(
+                actor=SERVICE, attempt=1, error_code="agent_failed", error_message="tests failed"
+            )
+            await drive(store, job_id, failure)
+            out, err = await ckrv.communicate()
+    finally:
+        proxy.close()
+        if ckrv.returncode is None:
+            ckrv.kill()
+    shown += out.decode().splitlines(keepends=True)
+    assert [text.split()[-1] for text in shown] == ["1", "2", "3", "4", "5"]
+    assert ckrv.returncode == 1
+    assert "connection lost" in err.decode()
+    assert f"job {job_id} failed: tests failed" in err.decode()
+    assert proxy.connections >= 2
