@@ -19,6 +19,7 @@ from typing import Any
 from uuid import UUID
 
 from minio import Minio
+from minio.error import S3Error
 from nats.aio.client import Client
 from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
@@ -27,10 +28,10 @@ from pydantic import ValidationError
 from ckrv.events.catalog import JobArtifactStoredData
 from ckrv.events.subjects import LOGS_STREAM, job_log_subject
 from ckrv.schemas.logs import LogEntry
+from ckrv.services.log_relay.archive import LOG_ARCHIVE_NAME
 
 logger = logging.getLogger(__name__)
 
-LOG_ARCHIVE_NAME = "logs.jsonl"
 DIRECT_GET_SUBJECT = f"$JS.API.DIRECT.GET.{LOGS_STREAM}"
 END_OF_BATCH = "204"
 NOT_FOUND = "404"
@@ -203,7 +204,14 @@ def _read_archive(
 ) -> list[StoredLine]:
     by_seq: dict[int, StoredLine] = {}
     for archive in archives:
-        response = storage.get_object(bucket, archive.key)
+        try:
+            response = storage.get_object(bucket, archive.key)
+        except S3Error as error:
+            if error.code != "NoSuchKey":
+                raise
+            # Deleted behind the job's back (its expiry is recorded once done): what is left.
+            logger.warning("an archived log is missing", extra={"key": archive.key})
+            continue
         try:
             for raw in response:
                 line = raw.strip()
