@@ -46,13 +46,14 @@ from ckrv.events.store import JobEventStore
 from ckrv.events.streams import provision_streams
 from ckrv.events.subjects import JOBS_STREAM
 from ckrv.schemas.api import SubscriptionTier
+from ckrv.services.artifacts.uploads import upload_urls
 from ckrv.services.common.connections import connect_nats, connection_checks
 from ckrv.services.common.credentials import OpenedCredential, open_credential
 from ckrv.services.common.db import create_engine, session_factory
 from ckrv.services.common.http import ReadinessCheck
 from ckrv.services.common.service import Service
 from ckrv.services.common.settings import CommonSettings, Environment
-from ckrv.services.common.storage import artifact_key, storage_client
+from ckrv.services.common.storage import storage_client
 from ckrv.services.common.tiers import TIERS
 from ckrv.services.dispatcher.admission import (
     Admission,
@@ -64,7 +65,7 @@ from ckrv.services.dispatcher.settings import DispatcherSettings
 from ckrv.services.runners.backends import open_runner
 from ckrv.services.runners.base import Runner, WorkloadRequest
 from ckrv.services.runners.settings import RunnerSettings
-from ckrv.services.worker.job_input import ARTIFACT_NAMES, GitCredentialInfo, WorkerInput
+from ckrv.services.worker.job_input import GitCredentialInfo, WorkerInput
 
 logger = logging.getLogger(__name__)
 
@@ -328,14 +329,6 @@ class Dispatcher:
         valid_for = timedelta(
             seconds=state.time_limit_seconds + self._settings.upload_url_margin_seconds
         )
-        upload_urls = {
-            name: self._storage.presigned_put_object(
-                self._common.s3_bucket,
-                artifact_key(state.job_id, state.attempt, name),
-                expires=valid_for,
-            )
-            for name in ARTIFACT_NAMES
-        }
         worker_input = WorkerInput(
             job_id=state.job_id,
             attempt=state.attempt,
@@ -344,7 +337,9 @@ class Dispatcher:
             git_base_branch=state.git_base_branch,
             feature_branch=None,
             time_limit_seconds=state.time_limit_seconds,
-            upload_urls=upload_urls,
+            upload_urls=upload_urls(
+                self._storage, self._common.s3_bucket, state.job_id, state.attempt, valid_for
+            ),
             credential=None
             if credential is None
             else GitCredentialInfo(

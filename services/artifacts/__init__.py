@@ -1,0 +1,1 @@
+"""The artifacts service: upload URLs for workloads, verification of their results, retention."""
