@@ -1,9 +1,11 @@
 """What a workload's status means for its job: the commands an observation yields.
 
 Pure functions of the status, the job's state and what the worker left (its last
-log line, its `result.json`). Every command carries an observation id derived from
-the workload and what was seen, so seeing the same thing twice (a re-listed watch,
-a restarted watcher) appends nothing new.
+log line, its `result.json` as checked against storage). Every command carries an
+observation id derived from the workload and what was seen, so seeing the same thing
+twice (a re-listed watch, a restarted watcher) appends nothing new. A success records
+each verified artifact (`job.artifact-stored`) before `job.succeeded`, so the job ends
+only once its results can be downloaded.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ckrv.events.state import (
     JobState,
     JobStatus,
     MarkLost,
+    RecordArtifact,
     RetryJob,
     StartJob,
     SucceedJob,
@@ -29,8 +32,13 @@ from ckrv.events.state import (
     decide,
     evolve,
 )
+from ckrv.services.artifacts.verification import (
+    RESULT_MISSING,
+    RejectedResult,
+    ResultCheck,
+    VerifiedResult,
+)
 from ckrv.services.runners.base import FailureReason, WorkloadState, WorkloadStatus
-from ckrv.services.worker.result import JobResult
 
 ACTOR = "service:watcher"
 
@@ -43,6 +51,10 @@ _EXIT_CODE_ERRORS = {
 # Ends that say nothing against the job itself: another attempt may well succeed. A stop
 # nobody asked for through the job (an operator, a drained node) is one of them.
 _LOST_REASONS = {FailureReason.LOST, FailureReason.EVICTED, FailureReason.STOPPED}
+# A success observed without its result checked counts as one without a result.
+_UNCHECKED_RESULT = RejectedResult(
+    RESULT_MISSING, "the job's workload ended without a readable result.json"
+)
 
 
 @dataclass(frozen=True)
@@ -76,7 +88,7 @@ def observed(  # noqa: PLR0911 - one answer per workload state
     status: WorkloadStatus,
     state: JobState,
     *,
-    result: JobResult | None = None,
+    result: ResultCheck | None = None,
     finish: WorkerFinish | None = None,
     now: datetime | None = None,
 ) -> list[JobCommand]:
@@ -104,7 +116,7 @@ def observed(  # noqa: PLR0911 - one answer per workload state
         case WorkloadState.RUNNING:
             return start
         case WorkloadState.SUCCEEDED:
-            return [*start, _success(status, result, ended_at)]
+            return [*start, *_success(status, result, ended_at)]
         case WorkloadState.FAILED:
             if status.reason is FailureReason.STOPPED and state.cancel_requested:
                 return []  # the dispatcher stopped it for the cancel, and records that
@@ -114,18 +126,33 @@ def observed(  # noqa: PLR0911 - one answer per workload state
     return []
 
 
-def _success(status: WorkloadStatus, result: JobResult | None, ended_at: datetime) -> JobCommand:
-    if result is None:
-        return FailJob(
+def _success(
+    status: WorkloadStatus, check: ResultCheck | None, ended_at: datetime
+) -> list[JobCommand]:
+    if not isinstance(check, VerifiedResult):
+        rejected = check or _UNCHECKED_RESULT
+        return [
+            FailJob(
+                actor=ACTOR,
+                attempt=status.attempt,
+                error_code=rejected.error_code,
+                error_message=rejected.message,
+                exit_code=status.exit_code,
+                event_id=observation_event_id(status.name, "failed"),
+                occurred_at=ended_at,
+            )
+        ]
+    result = check.result
+    stored: list[JobCommand] = [
+        RecordArtifact(
             actor=ACTOR,
-            attempt=status.attempt,
-            error_code="result_missing",
-            error_message="the job's workload ended without a readable result.json",
-            exit_code=status.exit_code,
-            event_id=observation_event_id(status.name, "failed"),
+            artifact=artifact,
+            event_id=observation_event_id(status.name, "artifact-stored", artifact.name),
             occurred_at=ended_at,
         )
-    return SucceedJob(
+        for artifact in check.artifacts
+    ]
+    succeeded = SucceedJob(
         actor=ACTOR,
         result=JobSucceededData(
             attempt=status.attempt,
@@ -140,6 +167,7 @@ def _success(status: WorkloadStatus, result: JobResult | None, ended_at: datetim
         event_id=observation_event_id(status.name, "succeeded"),
         occurred_at=ended_at,
     )
+    return [*stored, succeeded]
 
 
 def _failure(

@@ -1,11 +1,13 @@
 """The watcher service: workload observations in, job events out, and the periodic reconcile.
 
 It follows the runner's `watch` (every workload's status, then each change) and
-records each on the job (`observations.observed`). Every few seconds it also
+records each on the job (`observations.observed`); a workload that succeeded has its
+uploads verified first (`artifacts.verification`). Every few seconds it also
 reconciles the jobs the dispatcher holds places for against the workloads that
 exist: a workload gone missing is a lost attempt, one stuck pending too long is
-lost as well, one running past its time limit is stopped and timed out. Finished
-workloads are garbage-collected, with their input files, after a while.
+lost as well, one running past its time limit is stopped and timed out, and one
+that finished without its end recorded (storage was unreachable) is observed again.
+Finished workloads are garbage-collected, with their input files, after a while.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from nats.aio.client import Client
-from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlmodel import col
@@ -25,12 +26,13 @@ from ckrv.events.envelope import observation_event_id
 from ckrv.events.state import JobCommand, JobTransitionError, TimeOutJob
 from ckrv.events.store import JobEventStore
 from ckrv.events.streams import provision_streams
+from ckrv.services.artifacts.verification import check_result
 from ckrv.services.common.connections import connect_nats, connection_checks
 from ckrv.services.common.db import create_engine, session_factory
 from ckrv.services.common.http import ReadinessCheck
 from ckrv.services.common.service import Service
 from ckrv.services.common.settings import CommonSettings
-from ckrv.services.common.storage import artifact_key, storage_client
+from ckrv.services.common.storage import storage_client
 from ckrv.services.dispatcher.admission import Admission, AdmissionState
 from ckrv.services.runners.backends import open_runner
 from ckrv.services.runners.base import Runner, WorkloadNotFound, WorkloadState, WorkloadStatus
@@ -43,12 +45,12 @@ from ckrv.services.watcher.observations import (
     observed,
 )
 from ckrv.services.watcher.settings import WatcherSettings
-from ckrv.services.worker.result import JobResult
 
 logger = logging.getLogger(__name__)
 
 # The end of a workload's output searched for the worker's last line.
 OUTPUT_TAIL_BYTES = 64 * 1024
+_FINISHED = frozenset({WorkloadState.SUCCEEDED, WorkloadState.FAILED})
 
 
 class Watcher:
@@ -86,7 +88,9 @@ class Watcher:
             return
         result = finish = None
         if status.state is WorkloadState.SUCCEEDED:
-            result = await self._result(status)
+            result = await check_result(
+                self._storage, self._common.s3_bucket, status.job_id, status.attempt
+            )
         elif status.state is WorkloadState.FAILED:
             finish = await self._finish(status)
         await self._record(status.job_id, observed(status, state, result=result, finish=finish))
@@ -101,26 +105,6 @@ class Watcher:
             logger.info(
                 "observation not recorded", extra={"job_id": str(job_id), "why": str(error)}
             )
-
-    async def _result(self, status: WorkloadStatus) -> JobResult | None:
-        key = artifact_key(status.job_id, status.attempt, "result.json")
-
-        def read() -> bytes:
-            response = self._storage.get_object(self._common.s3_bucket, key)
-            try:
-                return response.read()
-            finally:
-                response.close()
-                response.release_conn()
-
-        try:
-            return JobResult.model_validate_json(await asyncio.to_thread(read))
-        except (OSError, ValidationError, ValueError) as error:
-            logger.warning("no readable result", extra={"key": key, "error": repr(error)})
-            return None
-        except Exception as error:  # minio's S3Error for a missing object
-            logger.warning("no result", extra={"key": key, "error": repr(error)})
-            return None
 
     async def _finish(self, status: WorkloadStatus) -> WorkerFinish | None:
         tail = b""
@@ -148,6 +132,8 @@ class Watcher:
             status = await self._runner.get(admission.workload_name)
             if status is None:
                 await self._lost(admission, "the workload disappeared", now)
+            elif status.state in _FINISHED:
+                await self.observe(status)
             else:
                 await self._check_timeouts(status, now)
         collected = await self._runner.collect_garbage(

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from ckrv.events.catalog import (
+    JobArtifactStored,
+    JobArtifactStoredData,
     JobFailed,
     JobLost,
     JobRetried,
@@ -14,10 +16,11 @@ from ckrv.events.catalog import (
     workload_name,
 )
 from ckrv.events.state import JobStatus
+from ckrv.services.artifacts.verification import RejectedResult, VerifiedResult
 from ckrv.services.runners.base import FailureReason, WorkloadState, WorkloadStatus
 from ckrv.services.watcher.observations import WorkerFinish, decide_all, observed
 from ckrv.services.worker.result import JobResult
-from tests.unit.events.job_builders import JOB_ID, job_in
+from tests.unit.events.job_builders import JOB_ID, SHA256, job_in
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 NAME = workload_name(JOB_ID, 1)
@@ -35,7 +38,18 @@ def status(state: WorkloadState, **fields: object) -> WorkloadStatus:
     return WorkloadStatus(**values)  # type: ignore[arg-type]
 
 
-def result() -> JobResult:
+def result() -> VerifiedResult:
+    """A result whose artifacts were found stored as it lists them."""
+    artifacts = tuple(
+        JobArtifactStoredData(
+            attempt=1, name=name, key=f"jobs/{JOB_ID}/1/{name}", size_bytes=10, sha256=SHA256
+        )
+        for name in ("result.json", "diff.patch", "repo.bundle")
+    )
+    return VerifiedResult(job_result(), artifacts)
+
+
+def job_result() -> JobResult:
     return JobResult.model_validate(
         {
             "job_id": str(JOB_ID),
@@ -68,8 +82,13 @@ def test_a_running_workload_starts_a_dispatched_job_once() -> None:
 def test_success_carries_the_result_and_starts_the_job_if_unseen() -> None:
     dispatched = job_in(JobStatus.DISPATCHED)
     seen = status(WorkloadState.SUCCEEDED, exit_code=0, finished_at=NOW)
-    started, succeeded = decide_all(dispatched, observed(seen, dispatched, result=result()))
+    started, *stored, succeeded = decide_all(
+        dispatched, observed(seen, dispatched, result=result())
+    )
     assert isinstance(started, JobStarted)
+    assert [event.data for event in stored if isinstance(event, JobArtifactStored)] == list(
+        result().artifacts
+    )
     assert isinstance(succeeded, JobSucceeded)
     assert succeeded.data.summary == "Changed 1 file."
     assert succeeded.data.files_changed == ("README.md",)
@@ -77,11 +96,35 @@ def test_success_carries_the_result_and_starts_the_job_if_unseen() -> None:
     assert succeeded.occurred_at == NOW
 
 
+def test_artifacts_are_recorded_once_before_the_success() -> None:
+    running = job_in(JobStatus.RUNNING)
+    seen = status(WorkloadState.SUCCEEDED, exit_code=0, finished_at=NOW)
+    first = decide_all(running, observed(seen, running, result=result()))
+    again = decide_all(running, observed(seen, running, result=result()))
+    assert [event.type for event in first] == [
+        *["job.artifact-stored"] * 3,
+        "job.succeeded",
+    ]
+    assert [event.id for event in again] == [event.id for event in first]
+    assert len({event.id for event in first}) == 4
+
+
 def test_success_without_a_result_fails() -> None:
     running = job_in(JobStatus.RUNNING)
     (failed,) = decide_all(running, observed(status(WorkloadState.SUCCEEDED), running))
     assert isinstance(failed, JobFailed)
     assert failed.data.error_code == "result_missing"
+
+
+def test_a_rejected_result_fails_the_job_with_its_reason() -> None:
+    running = job_in(JobStatus.RUNNING)
+    rejected = RejectedResult("artifact_invalid", "repo.bundle is missing from storage")
+    seen = status(WorkloadState.SUCCEEDED, exit_code=0, finished_at=NOW)
+    (failed,) = decide_all(running, observed(seen, running, result=rejected))
+    assert isinstance(failed, JobFailed)
+    assert failed.data.error_code == "artifact_invalid"
+    assert failed.data.error_message == "repo.bundle is missing from storage"
+    assert failed.data.exit_code == 0
 
 
 def test_the_workers_last_line_explains_a_failure() -> None:
