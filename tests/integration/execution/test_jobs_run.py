@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import subprocess
 import tempfile
 from pathlib import Path
@@ -51,15 +52,33 @@ def test_a_job_runs_and_its_results_are_stored(
         assert job["started_at"] is not None
         assert job["completed_at"] is not None
         types = event_types(client, job_id)
+        events = client.get(f"/jobs/{job_id}/events").json()["events"]
         (stored_credential,) = client.get("/credentials").json()["credentials"]
         credential_used = stored_credential["last_used_at"] is not None
+    # Each artifact is verified and recorded before the job's end is.
     assert types == [
         "job.submitted",
         "job.queued",
         "job.dispatched",
         "job.started",
+        "job.artifact-stored",
+        "job.artifact-stored",
+        "job.artifact-stored",
         "job.succeeded",
     ]
+    artifacts = [event["data"] for event in events if event["type"] == "job.artifact-stored"]
+    assert [artifact["name"] for artifact in artifacts] == [
+        "result.json",
+        "diff.patch",
+        "repo.bundle",
+    ]
+    for artifact in artifacts:
+        content = stored(s3_server, artifact["key"])
+        assert artifact["key"] == f"jobs/{job_id}/1/{artifact['name']}"
+        assert (artifact["size_bytes"], artifact["sha256"]) == (
+            len(content),
+            hashlib.sha256(content).hexdigest(),
+        )
     diff = stored(s3_server, f"jobs/{job_id}/1/diff.patch").decode()
     assert "+rate limiter" in diff
     assert diff.count("diff --git") == 1
