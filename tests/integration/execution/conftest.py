@@ -212,7 +212,7 @@ async def execution(
     }
     services = {
         name: service_process(name, execution_dir / "services", environment)
-        for name in ("dispatcher", "watcher")
+        for name in ("dispatcher", "watcher", "log-relay")
     }
     try:
         async with started_gateway(nats_url=nats.url, database_url=database_url) as gateway:
