@@ -97,6 +97,22 @@ class JobEventsPublic(BaseModel):
     events: list[JobEventPublic]
 
 
+class ArtifactPublic(BaseModel):
+    """A stored output of a job's final attempt, downloadable at `.../artifacts/{name}`."""
+
+    name: str = Field(description="`diff.patch`, `repo.bundle`, `result.json` or `logs.jsonl`.")
+    size: int = Field(description="Size in bytes.")
+    sha256: str = Field(description="Hex SHA-256 of the content.")
+    expires_at: datetime | None = Field(
+        description="When it is deleted: the job's end plus the tier's retention (7 days); "
+        "null while the job runs."
+    )
+
+
+class ArtifactsPublic(BaseModel):
+    artifacts: list[ArtifactPublic] = Field(description="By name.")
+
+
 class UserPublic(BaseModel):
     id: UUID
     email: str

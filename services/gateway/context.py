@@ -1,4 +1,4 @@
-"""What request handlers share (settings, sessions, NATS, events, logs), as dependencies."""
+"""What request handlers share (settings, sessions, NATS, events, logs, results) as dependencies."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from ckrv.events.store import JobEventStore
 from ckrv.services.common.sealing import KeyRing
+from ckrv.services.gateway.artifact_store import ArtifactStore
 from ckrv.services.gateway.identity.flows import IdentityPolicy
 from ckrv.services.gateway.identity.keys import SigningKeys
 from ckrv.services.gateway.live_logs import LiveLogs
@@ -38,6 +39,8 @@ class GatewayContext:
     live_logs: LiveLogs | None = None
     # Logs older than the LOGS stream keeps; without it they cannot be read.
     log_archive: LogArchive | None = None
+    # Jobs' results in object storage; without it they cannot be downloaded.
+    artifacts: ArtifactStore | None = None
 
 
 # A coroutine, not a plain function: FastAPI would run that in a worker thread each time.

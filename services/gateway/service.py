@@ -22,6 +22,7 @@ from ckrv.services.common.service import Service, run_in_thread
 from ckrv.services.common.settings import CommonSettings
 from ckrv.services.common.storage import storage_client
 from ckrv.services.gateway.app import create_app
+from ckrv.services.gateway.artifact_store import ArtifactStore
 from ckrv.services.gateway.context import GatewayContext
 from ckrv.services.gateway.identity.config import load_identity
 from ckrv.services.gateway.live_logs import LiveLogs
@@ -63,6 +64,7 @@ class GatewayService(Service):
         self._marks_engine = create_engine(database_url, pool_size=1)
         keys, identity = load_identity(self._settings)
         store = JobEventStore(self._nats)
+        storage = storage_client(self._common)
         self.app.state.context = GatewayContext(
             settings=self._settings,
             engine=self._engine,
@@ -76,7 +78,8 @@ class GatewayService(Service):
             live_logs=LiveLogs(
                 self._nats, store, follower_capacity=self._settings.log_follower_queue_lines
             ),
-            log_archive=LogArchive(storage_client(self._common), self._common.s3_bucket),
+            log_archive=LogArchive(storage, self._common.s3_bucket),
+            artifacts=ArtifactStore(storage, self._common.s3_bucket),
         )
 
     def readiness_checks(self) -> dict[str, ReadinessCheck]:

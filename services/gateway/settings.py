@@ -118,6 +118,13 @@ class GatewaySettings(ServiceSettings):
         ge=60,
         description="No log stream ticket is accepted longer than this after it was issued.",
     )
+    artifact_url_seconds: int = Field(
+        default=300,
+        ge=10,
+        le=3600,
+        description="How long a result's download URL (the redirect of "
+        "`/v1/jobs/{id}/artifacts/{name}`) is valid; a download must start within it.",
+    )
 
     @property
     def oidc_enabled(self) -> bool:
