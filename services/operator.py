@@ -20,7 +20,7 @@ from ckrv.services.stack.cli import up
 app = cyclopts.App(name="ckrv-cloud", help="Operate Chakravarti Cloud: local stack and services.")
 app.command(up)
 
-ServiceName = Literal["gateway", "dispatcher", "watcher", "log-relay"]
+ServiceName = Literal["gateway", "dispatcher", "watcher", "log-relay", "artifacts"]
 T = TypeVar("T")
 
 
@@ -59,12 +59,21 @@ def _log_relay(common: CommonSettings) -> tuple[Service, ServiceSettings]:
     return LogRelayService(common, settings, RunnerSettings()), settings
 
 
+def _artifacts(common: CommonSettings) -> tuple[Service, ServiceSettings]:
+    from ckrv.services.artifacts.service import ArtifactsService
+    from ckrv.services.artifacts.settings import ArtifactsSettings
+
+    settings = ArtifactsSettings()
+    return ArtifactsService(common, settings), settings
+
+
 # Every runnable service, by the name `serve` takes; the local stack starts each of them.
 SERVICES: dict[str, Callable[[CommonSettings], tuple[Service, ServiceSettings]]] = {
     "gateway": _gateway,
     "dispatcher": _dispatcher,
     "watcher": _watcher,
     "log-relay": _log_relay,
+    "artifacts": _artifacts,
 }
 
 
@@ -95,12 +104,16 @@ def migrate() -> None:
 
 @app.command
 def provision() -> None:
-    """Create or update the JetStream streams (JOBS, LOGS, DEADLETTER)."""
+    """Create or update the JetStream streams and the results bucket's expiry rule."""
     from ckrv.events.streams import provision_streams
+    from ckrv.services.artifacts.lifecycle import backstop_days, ensure_results_lifecycle
     from ckrv.services.common.connections import connect_nats
+    from ckrv.services.common.storage import storage_client
+
+    common = CommonSettings()
 
     async def provision_all() -> None:
-        nc = await connect_nats(CommonSettings().nats_url, name="ckrv-cloud")
+        nc = await connect_nats(common.nats_url, name="ckrv-cloud")
         try:
             for stream, outcome in (await provision_streams(nc.jetstream())).items():
                 print(f"{stream}: {outcome}")
@@ -108,6 +121,8 @@ def provision() -> None:
             await nc.close()
 
     asyncio.run(provision_all())
+    ensure_results_lifecycle(storage_client(common), common.s3_bucket)
+    print(f"{common.s3_bucket}: objects under jobs/ expire {backstop_days()} days after upload")
 
 
 projections = cyclopts.App(name="projections", help="Maintain the read models folded from JOBS.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlmodel import SQLModel
 
+from ckrv.services.artifacts import retention as artifact_retention
 from ckrv.services.common import credentials, inbox
 from ckrv.services.dispatcher import admission
 from ckrv.services.gateway import tables as gateway_tables
@@ -17,5 +18,6 @@ TABLE_MODULES = (
     gateway_tables,
     identity_tables,
     log_relay_positions,
+    artifact_retention,
 )
 METADATA = SQLModel.metadata

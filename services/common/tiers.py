@@ -18,6 +18,8 @@ class TierLimits:
     unfinished_jobs: int
     time_limit_seconds: int
     max_attempts: int
+    # Days a finished job's results and logs are kept after its end.
+    result_retention_days: int
 
 
 TIERS: dict[SubscriptionTier, TierLimits] = {
@@ -28,6 +30,7 @@ TIERS: dict[SubscriptionTier, TierLimits] = {
         unfinished_jobs=10,
         time_limit_seconds=30 * 60,
         max_attempts=2,
+        result_retention_days=7,
     ),
     SubscriptionTier.PRO: TierLimits(
         included_jobs=100,
@@ -36,6 +39,7 @@ TIERS: dict[SubscriptionTier, TierLimits] = {
         unfinished_jobs=500,
         time_limit_seconds=2 * 60 * 60,
         max_attempts=3,
+        result_retention_days=7,
     ),
     SubscriptionTier.ENTERPRISE: TierLimits(
         included_jobs=1000,
@@ -44,6 +48,7 @@ TIERS: dict[SubscriptionTier, TierLimits] = {
         unfinished_jobs=5000,
         time_limit_seconds=6 * 60 * 60,
         max_attempts=3,
+        result_retention_days=7,
     ),
 }
 

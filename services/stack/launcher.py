@@ -234,7 +234,9 @@ class Stack:
             self._say(f"  {server.name:<10} ready in {server.startup_seconds or 0:.1f} s")
         try:
             async with asyncio.timeout(settings.start_timeout_seconds):
-                streams = await provision(self.nats.url, self.postgres.dsn)
+                streams = await provision(
+                    self.nats.url, self.postgres.dsn, self.s3.client(), self.s3.bucket
+                )
         except Exception as error:
             raise StackError(f"provisioning failed: {type(error).__name__}: {error}") from error
         outcomes = ", ".join(f"{stream} {outcome}" for stream, outcome in streams.items())
