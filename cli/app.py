@@ -24,6 +24,7 @@ from cyclopts import Parameter
 from ckrv.cli.commands.cloud import cloud
 from ckrv.cli.commands.jobs import cancel, jobs, status
 from ckrv.cli.commands.logs import logs
+from ckrv.cli.commands.pull import diff, pull
 from ckrv.cli.commands.run import run
 from ckrv.cli.errors import (
     EXIT_BROKEN_PIPE,
@@ -64,6 +65,8 @@ app.command(run)
 app.command(jobs)
 app.command(status)
 app.command(logs)
+app.command(pull)
+app.command(diff)
 app.command(cancel)
 app.command(cloud)
 

@@ -11,13 +11,15 @@ renewed (a stored login's), the request is sent once more with the new one.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Self, TypeVar
+from typing import Any, BinaryIO, Self, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -39,6 +41,7 @@ from ckrv.cli.credentials import StoredLogin, open_credential_store
 from ckrv.cli.errors import CloudError, SessionEndedError
 from ckrv.cli.models import (
     ApiModel,
+    ArtifactList,
     DeviceAuthorization,
     GitCredential,
     GitCredentialList,
@@ -53,10 +56,19 @@ from ckrv.cli.profiles import login_command
 ModelT = TypeVar("ModelT", bound=ApiModel)
 
 RETRY_DELAY_SECONDS = 0.5
+DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 # A followed log sends a heartbeat every 15 s: this long without a byte means a dead connection.
 STREAM_READ_TIMEOUT_SECONDS = 60.0
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 _ERROR_BODY_SNIPPET = 200
+
+
+@dataclass(frozen=True)
+class Download:
+    """What a download wrote: how many bytes, and their SHA-256 (hex)."""
+
+    size: int
+    sha256: str
 
 
 def _client_version() -> str:
@@ -222,6 +234,55 @@ class CloudClient:
                 yield EventSource(response).iter_sse()
                 return
 
+    def list_artifacts(self, job_id: str) -> ArtifactList:
+        """`GET /jobs/{id}/artifacts`: the job's stored results; `gone` (410) once expired."""
+        path = f"jobs/{quote(job_id, safe='')}/artifacts"
+        return self._model(ArtifactList, self._request("GET", path, idempotent=True), "GET", path)
+
+    def job_diff(self, job_id: str) -> bytes:
+        """`GET /jobs/{id}/artifacts/diff`: the job's diff, as `git apply` takes it."""
+        path = f"jobs/{quote(job_id, safe='')}/artifacts/diff"
+        response = self._answer("GET", path, headers={"Accept": "text/plain"}, idempotent=True)
+        if not response.is_success:
+            raise error_from_response(response)
+        return response.content
+
+    def download_artifact(self, job_id: str, name: str, destination: BinaryIO) -> Download:
+        """`GET /jobs/{id}/artifacts/{name}`, then the storage URL it redirects to; the
+        result's bytes are written to `destination` as they come."""
+        path = f"jobs/{quote(job_id, safe='')}/artifacts/{quote(name, safe='')}"
+        response = self._answer("GET", path, idempotent=True)
+        if not response.is_redirect:
+            if response.is_success:
+                raise _bad_response(response, "it is not a redirect to the download")
+            raise error_from_response(response)
+        url = response.headers["location"]
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            # The URL carries its own proof: no bearer token goes to the storage.
+            with self._http.stream("GET", url, headers={"Accept": "*/*"}) as download:
+                self._debug(
+                    f"HTTP GET {download.url.copy_with(query=None)} -> {download.status_code}"
+                )
+                if not download.is_success:
+                    download.read()
+                    raise CloudError(
+                        "download_failed",
+                        f"downloading {name} of job {job_id} failed: the storage answered "
+                        f"HTTP {download.status_code} {download.reason_phrase}",
+                        hint="Try again; if it keeps failing, the service has a problem.",
+                    )
+                for chunk in download.iter_bytes(DOWNLOAD_CHUNK_BYTES):
+                    destination.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+        except httpx.TransportError as error:
+            raise CloudError(
+                "unreachable", f"downloading {name} of job {job_id} failed: {_reason(error)}"
+            ) from error
+        return Download(size=size, sha256=digest.hexdigest())
+
     def me(self) -> User:
         path = "users/me"
         return self._model(User, self._request("GET", path, idempotent=True), "GET", path)
@@ -347,7 +408,32 @@ class CloudClient:
         auth: bool = True,
         decode: bool = True,
     ) -> Any:
-        """The decoded answer to a request; `CloudError` for anything but success.
+        """The decoded answer to a request; `CloudError` for anything but success."""
+        response = self._answer(
+            method,
+            path,
+            json=json,
+            params=params,
+            headers=headers,
+            idempotent=idempotent,
+            auth=auth,
+        )
+        if not response.is_success:
+            raise error_from_response(response)
+        return self._decode(response) if decode else None
+
+    def _answer(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Mapping[str, Any] | None = None,
+        params: Mapping[str, str | int] | None = None,
+        headers: Mapping[str, str] | None = None,
+        idempotent: bool,
+        auth: bool = True,
+    ) -> httpx.Response:
+        """The answer to a request, whatever its status.
 
         A request the service refused with 401 is sent once more if the token renews.
         """
@@ -372,9 +458,7 @@ class CloudClient:
                         _with_bearer(headers, renewed),
                         idempotent=idempotent,
                     )
-        if not response.is_success:
-            raise error_from_response(response)
-        return self._decode(response) if decode else None
+        return response
 
     def _send(
         self,

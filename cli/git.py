@@ -1,10 +1,12 @@
 """What the local git checkout says: the origin URL, the current branch, and whether it is pushed.
 
 Only local state is read (no fetch): "pushed" means as far as the last fetch knows.
+`run_git` runs any git command the same way, for the commands that change the checkout.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,30 +20,38 @@ class GitError(Exception):
     """A git command failed; the message is git's own explanation."""
 
 
-def _git(cwd: Path, *args: str) -> str:
+def run_git(
+    cwd: Path, *args: str, timeout: float = GIT_TIMEOUT_SECONDS, env: dict[str, str] | None = None
+) -> str:
+    """What `git <args>` prints, without trailing whitespace; `GitError` with git's last
+    complaint if it fails.
+
+    `env`: variables added to the environment, such as `GIT_INDEX_FILE`.
+    """
     try:
         completed = subprocess.run(
             ["git", *args],
             cwd=cwd,
             capture_output=True,
             text=True,
-            timeout=GIT_TIMEOUT_SECONDS,
+            timeout=timeout,
             check=False,
+            env={**os.environ, **env} if env else None,
         )
     except FileNotFoundError as error:
         raise GitError("git is not installed (or not on PATH)") from error
     except subprocess.TimeoutExpired as error:
-        raise GitError(f"`git {' '.join(args)}` took longer than {GIT_TIMEOUT_SECONDS}s") from error
+        raise GitError(f"`git {' '.join(args)}` took longer than {timeout:g}s") from error
     if completed.returncode != 0:
         message = completed.stderr.strip().splitlines()
         raise GitError(message[-1] if message else f"`git {' '.join(args)}` failed")
-    return completed.stdout.strip()
+    return completed.stdout.rstrip()
 
 
 def origin_url(cwd: Path) -> str:
     """The `origin` remote's URL; `UsageError` suggesting `--repo` if there is none."""
     try:
-        url = _git(cwd, "remote", "get-url", "origin")
+        url = run_git(cwd, "remote", "get-url", "origin")
     except GitError as error:
         raise UsageError(
             f"no --repo given, and the repository URL cannot be read from git here ({error})",
@@ -55,7 +65,7 @@ def origin_url(cwd: Path) -> str:
 def current_branch(cwd: Path) -> str:
     """The checked-out branch; `UsageError` suggesting `--base-branch` if there is none."""
     try:
-        branch = _git(cwd, "rev-parse", "--abbrev-ref", "HEAD")
+        branch = run_git(cwd, "rev-parse", "--abbrev-ref", "HEAD")
     except GitError as error:
         raise UsageError(
             f"no --base-branch given, and the current branch cannot be read from git ({error})",
@@ -85,22 +95,24 @@ class PushState:
 def push_state(cwd: Path, branch: str) -> PushState | None:
     """Compare `branch` with its upstream; None if `branch` is not a local branch here."""
     try:
-        _git(cwd, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}")
+        run_git(cwd, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}")
     except GitError:
         return None
     try:
-        upstream: str | None = _git(
+        upstream: str | None = run_git(
             cwd, "rev-parse", "--abbrev-ref", "--symbolic-full-name", f"{branch}@{{upstream}}"
         )
     except GitError:
         upstream = None
     ahead = 0
     if upstream:
-        ahead = int(_git(cwd, "rev-list", "--count", f"{branch}@{{upstream}}..refs/heads/{branch}"))
+        ahead = int(
+            run_git(cwd, "rev-list", "--count", f"{branch}@{{upstream}}..refs/heads/{branch}")
+        )
     uncommitted = False
     try:
-        if _git(cwd, "rev-parse", "--abbrev-ref", "HEAD") == branch:
-            uncommitted = bool(_git(cwd, "status", "--porcelain", "--untracked-files=no"))
+        if run_git(cwd, "rev-parse", "--abbrev-ref", "HEAD") == branch:
+            uncommitted = bool(run_git(cwd, "status", "--porcelain", "--untracked-files=no"))
     except GitError:
         uncommitted = False
     return PushState(branch=branch, upstream=upstream, ahead=ahead, uncommitted=uncommitted)

@@ -81,6 +81,34 @@ class JobPage(ApiModel):
         return page
 
 
+class Artifact(ApiModel):
+    """A stored result of a job: `diff.patch`, `repo.bundle`, `result.json`, `logs.jsonl`."""
+
+    name: str
+    size: int
+    sha256: str
+    expires_at: Timestamp | None = None
+
+
+class ArtifactList(ApiModel):
+    artifacts: list[Artifact]
+
+    def named(self, name: str) -> Artifact | None:
+        return next((artifact for artifact in self.artifacts if artifact.name == name), None)
+
+
+class JobResultFile(ApiModel):
+    """`result.json`: the job's own account of its result, as far as `ckrv pull` reads it."""
+
+    summary: str = ""
+    base_commit: str
+    feature_branch: str
+    head_commit: str
+    files_changed: list[str] = Field(default_factory=list)
+    insertions: int = 0
+    deletions: int = 0
+
+
 class User(ApiModel):
     id: str
     email: str

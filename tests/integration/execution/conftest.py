@@ -215,7 +215,10 @@ async def execution(
         for name in ("dispatcher", "watcher", "log-relay")
     }
     try:
-        async with started_gateway(nats_url=nats.url, database_url=database_url) as gateway:
+        # The gateway on the services' connections: it serves the results they stored.
+        async with started_gateway(
+            nats_url=nats.url, database_url=database_url, switches=environment
+        ) as gateway:
             for service in services.values():
                 await service.start()
             yield Execution(

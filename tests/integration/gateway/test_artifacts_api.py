@@ -13,8 +13,11 @@ import hashlib
 import io
 import json
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from uuid import UUID, uuid4
 
 import httpx
@@ -70,11 +73,16 @@ async def client(results_gateway: RunningGateway) -> AsyncIterator[httpx.AsyncCl
         yield client
 
 
-def user_client(gateway: RunningGateway) -> httpx.AsyncClient:
-    token = gateway.token(f"results-{uuid4().hex[:12]}@example.com")
+def user_client(gateway: RunningGateway, token: str | None = None) -> httpx.AsyncClient:
+    """A client of a new user, or of the user whose token is given."""
+    token = token or new_user_token(gateway)
     return httpx.AsyncClient(
         base_url=gateway.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=10
     )
+
+
+def new_user_token(gateway: RunningGateway) -> str:
+    return gateway.token(f"results-{uuid4().hex[:12]}@example.com")
 
 
 async def new_job(client: httpx.AsyncClient) -> UUID:
@@ -339,3 +347,47 @@ async def test_a_recorded_result_missing_from_storage_is_a_service_error(
     response = await client.get(f"/jobs/{job_id}/artifacts/diff")
     assert response.status_code == 500
     assert response.json()["error"] == "artifact_missing"
+
+
+async def test_pull_refuses_a_download_that_is_not_what_was_stored(
+    results_gateway: RunningGateway,
+    store: JobEventStore,
+    s3_server: SeaweedServer,
+    tmp_path: Path,
+) -> None:
+    token = new_user_token(results_gateway)
+    async with user_client(results_gateway, token) as client:
+        job_id = await new_job(client)
+    await start(store, job_id)
+    result = {"base_commit": "0" * 40, "head_commit": "1" * 40, "feature_branch": "ckrv/x"}
+    await store_result(store, s3_server, job_id, "result.json", json.dumps(result).encode())
+    recorded = await store_result(store, s3_server, job_id, "repo.bundle", b"the stored bundle")
+    # Storage now holds other bytes than the ones recorded: a damaged copy.
+    await asyncio.to_thread(
+        s3_server.client().put_object, s3_server.bucket, recorded.key, io.BytesIO(b"x"), 1
+    )
+    await succeed(store, job_id)
+    subprocess.run(["git", "init", "--quiet", str(tmp_path)], check=True)
+
+    environment = {
+        name: value for name, value in os.environ.items() if not name.startswith("CKRV_")
+    } | {"CKRV_API_URL": results_gateway.api_url, "CKRV_TOKEN": token}
+    pulled = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "ckrv.cli.app", "pull", str(job_id)],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert pulled.returncode == 2, pulled.stderr
+    assert f"repo.bundle of job {job_id} arrived damaged: 1 bytes" in pulled.stderr
+    assert recorded.sha256 in pulled.stderr
+    assert (
+        subprocess.run(
+            ["git", "branch", "--list"], cwd=tmp_path, capture_output=True, text=True, check=True
+        ).stdout
+        == ""
+    )
