@@ -57,10 +57,11 @@ def pull(
     worktree: Path | None = None,
     options: CommonOptions = DEFAULT_OPTIONS,
 ) -> None:
-    """Bring a successful job's result into this repository, in the branch ckrv/<short id>.
+    """Bring a successful job's result into this repository, as a branch of its own.
 
-    The branch is fetched from the job's git bundle; your working tree and current
-    branch are left as they are, unless --apply asks for the changes there too.
+    The branch, ckrv/ and the job id's first 8 characters, is fetched from the job's
+    git bundle; your working tree and current branch are left as they are, unless
+    --apply asks for the changes there too.
 
     Parameters
     ----------
