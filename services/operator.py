@@ -20,7 +20,7 @@ from ckrv.services.stack.cli import up
 app = cyclopts.App(name="ckrv-cloud", help="Operate Chakravarti Cloud: local stack and services.")
 app.command(up)
 
-ServiceName = Literal["gateway", "dispatcher", "watcher", "log-relay", "artifacts"]
+ServiceName = Literal["gateway", "dispatcher", "watcher", "log-relay", "artifacts", "notifier"]
 T = TypeVar("T")
 
 
@@ -67,6 +67,14 @@ def _artifacts(common: CommonSettings) -> tuple[Service, ServiceSettings]:
     return ArtifactsService(common, settings), settings
 
 
+def _notifier(common: CommonSettings) -> tuple[Service, ServiceSettings]:
+    from ckrv.services.notifier.service import NotifierService
+    from ckrv.services.notifier.settings import NotifierSettings
+
+    settings = NotifierSettings()
+    return NotifierService(common, settings), settings
+
+
 # Every runnable service, by the name `serve` takes; the local stack starts each of them.
 SERVICES: dict[str, Callable[[CommonSettings], tuple[Service, ServiceSettings]]] = {
     "gateway": _gateway,
@@ -74,6 +82,7 @@ SERVICES: dict[str, Callable[[CommonSettings], tuple[Service, ServiceSettings]]]
     "watcher": _watcher,
     "log-relay": _log_relay,
     "artifacts": _artifacts,
+    "notifier": _notifier,
 }
 
 

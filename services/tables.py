@@ -10,6 +10,7 @@ from ckrv.services.dispatcher import admission
 from ckrv.services.gateway import tables as gateway_tables
 from ckrv.services.gateway.identity import tables as identity_tables
 from ckrv.services.log_relay import positions as log_relay_positions
+from ckrv.services.notifier import tables as notifier_tables
 
 TABLE_MODULES = (
     credentials,
@@ -19,5 +20,6 @@ TABLE_MODULES = (
     identity_tables,
     log_relay_positions,
     artifact_retention,
+    notifier_tables,
 )
 METADATA = SQLModel.metadata

@@ -1,0 +1,1 @@
+"""The notifier: signed webhooks (Standard Webhooks) to users' endpoints about their jobs."""

@@ -1,0 +1,328 @@
+"""Deliveries in PostgreSQL: recording them, claiming the due ones, recording how attempts went.
+
+A claim is a lease: the claimed delivery's next attempt time moves past the
+attempt's timeout, and its attempt count goes up. A notifier that dies while
+sending leaves the lease to run out, and the delivery is sent again then; its
+outcome is recorded only by the attempt that still holds the lease (the count
+has not moved on), so a late one changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import uuid_utils
+from sqlalchemy import exists, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from ckrv.schemas.webhooks import DeliveryStatus, DisabledReason, WebhookPayload
+from ckrv.services.common.sealing import Sealed
+from ckrv.services.notifier.policy import AttemptOutcome, NextStep, failing_endpoint
+from ckrv.services.notifier.tables import WebhookDelivery, WebhookEndpoint, WebhookMessage
+
+_PENDING = DeliveryStatus.PENDING.value
+
+
+def new_delivery_id() -> UUID:
+    return UUID(str(uuid_utils.uuid7()))
+
+
+def message_body(event_type: str, timestamp: datetime, data: Mapping[str, Any]) -> str:
+    """The JSON every attempt of a message sends: `{type, timestamp, data}`."""
+    return WebhookPayload(type=event_type, timestamp=timestamp, data=dict(data)).model_dump_json()
+
+
+async def anyone_subscribed(session: AsyncSession, event_type: str) -> bool:
+    """Whether any enabled endpoint, of any user, takes events of this type."""
+    listening = await session.scalar(
+        select(
+            exists().where(
+                col(WebhookEndpoint.enabled),
+                col(WebhookEndpoint.event_types).contains([event_type]),
+            )
+        )
+    )
+    return bool(listening)
+
+
+async def subscribed_endpoints(
+    session: AsyncSession, user_id: UUID, event_type: str, occurred_at: datetime
+) -> list[UUID]:
+    """The user's enabled endpoints that take the event: of its type, and made before it."""
+    found = await session.scalars(
+        select(col(WebhookEndpoint.id)).where(
+            col(WebhookEndpoint.user_id) == user_id,
+            col(WebhookEndpoint.enabled),
+            col(WebhookEndpoint.event_types).contains([event_type]),
+            # An endpoint hears of what happens from its making on, even when the notifier
+            # reads older events only now.
+            col(WebhookEndpoint.created_at) <= occurred_at,
+        )
+    )
+    return list(found)
+
+
+async def record_deliveries(
+    session: AsyncSession, message: WebhookMessage, endpoint_ids: Sequence[UUID], now: datetime
+) -> list[UUID]:
+    """The message, and a delivery of it to each endpoint, due now; the new deliveries' ids.
+
+    Recording the same message for the same endpoint again adds nothing.
+    """
+    await session.execute(
+        insert(WebhookMessage)
+        .values(
+            id=message.id,
+            event_type=message.event_type,
+            body=message.body,
+            created_at=message.created_at,
+        )
+        .on_conflict_do_nothing(index_elements=["id"])
+    )
+    if not endpoint_ids:
+        return []
+    recorded = await session.scalars(
+        insert(WebhookDelivery)
+        .values(
+            [
+                {
+                    "id": new_delivery_id(),
+                    "endpoint_id": endpoint_id,
+                    "message_id": message.id,
+                    "status": _PENDING,
+                    "attempts": 0,
+                    "failures": 0,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                }
+                for endpoint_id in endpoint_ids
+            ]
+        )
+        .on_conflict_do_nothing(index_elements=["endpoint_id", "message_id"])
+        .returning(col(WebhookDelivery.id))
+    )
+    return list(recorded)
+
+
+@dataclass(frozen=True)
+class DueDelivery:
+    """A claimed delivery, with what its attempt sends."""
+
+    id: UUID
+    endpoint_id: UUID
+    attempt: int
+    """This attempt's number; the outcome is recorded only while the row still has it."""
+    failures: int
+    url: str
+    secrets: tuple[Sealed, ...]
+    """The current secret first, then the previous one while it is still valid."""
+    message_id: UUID
+    body: str
+
+
+async def claim_due(
+    session: AsyncSession,
+    *,
+    now: datetime,
+    lease_until: datetime,
+    capacity: int,
+    free_by_endpoint: Mapping[UUID, int],
+    per_endpoint: int,
+) -> list[DueDelivery]:
+    """Claim up to `capacity` due deliveries of enabled endpoints, the oldest first.
+
+    An endpoint gets at most `free_by_endpoint[id]` (`per_endpoint` if absent), so one
+    that is slow to answer never holds more than its share of the attempts in flight.
+    """
+    saturated = [endpoint for endpoint, free in free_by_endpoint.items() if free <= 0]
+    place = (
+        func.row_number()
+        .over(
+            partition_by=col(WebhookDelivery.endpoint_id),
+            order_by=(col(WebhookDelivery.next_attempt_at), col(WebhookDelivery.id)),
+        )
+        .label("place")
+    )
+    due = (
+        select(
+            col(WebhookDelivery.id),
+            col(WebhookDelivery.endpoint_id),
+            col(WebhookDelivery.next_attempt_at),
+            place,
+        )
+        .join(WebhookEndpoint, col(WebhookEndpoint.id) == col(WebhookDelivery.endpoint_id))
+        .where(
+            col(WebhookDelivery.status) == _PENDING,
+            col(WebhookDelivery.next_attempt_at) <= now,
+            col(WebhookEndpoint.enabled),
+            col(WebhookDelivery.endpoint_id).not_in(saturated),
+        )
+        .subquery()
+    )
+    candidates = (
+        await session.execute(
+            select(due.c.id, due.c.endpoint_id)
+            .where(due.c.place <= per_endpoint)
+            .order_by(due.c.next_attempt_at)
+            .limit(capacity)
+        )
+    ).all()
+    chosen: list[UUID] = []
+    taken: dict[UUID, int] = {}
+    for delivery_id, endpoint_id in candidates:
+        if taken.get(endpoint_id, 0) < free_by_endpoint.get(endpoint_id, per_endpoint):
+            taken[endpoint_id] = taken.get(endpoint_id, 0) + 1
+            chosen.append(delivery_id)
+    if not chosen:
+        return []
+    # Conditional on still being due: a delivery another notifier claimed meanwhile is not.
+    claimed = (
+        await session.execute(
+            update(WebhookDelivery)
+            .where(
+                col(WebhookDelivery.id).in_(chosen),
+                col(WebhookDelivery.status) == _PENDING,
+                col(WebhookDelivery.next_attempt_at) <= now,
+            )
+            .values(attempts=col(WebhookDelivery.attempts) + 1, next_attempt_at=lease_until)
+            .returning(
+                col(WebhookDelivery.id),
+                col(WebhookDelivery.endpoint_id),
+                col(WebhookDelivery.attempts),
+                col(WebhookDelivery.failures),
+                col(WebhookDelivery.message_id),
+            )
+        )
+    ).all()
+    if not claimed:
+        return []
+    endpoints = {
+        endpoint.id: endpoint
+        for endpoint in await session.scalars(
+            select(WebhookEndpoint).where(
+                col(WebhookEndpoint.id).in_({row.endpoint_id for row in claimed})
+            )
+        )
+    }
+    bodies = dict(
+        (
+            await session.execute(
+                select(col(WebhookMessage.id), col(WebhookMessage.body)).where(
+                    col(WebhookMessage.id).in_({row.message_id for row in claimed})
+                )
+            )
+        )
+        .tuples()
+        .all()
+    )
+    return [
+        DueDelivery(
+            id=row.id,
+            endpoint_id=row.endpoint_id,
+            attempt=row.attempts,
+            failures=row.failures,
+            url=endpoints[row.endpoint_id].url,
+            secrets=signing_secrets(endpoints[row.endpoint_id], now),
+            message_id=row.message_id,
+            body=bodies[row.message_id],
+        )
+        for row in claimed
+    ]
+
+
+def signing_secrets(endpoint: WebhookEndpoint, now: datetime) -> tuple[Sealed, ...]:
+    """The endpoint's sealed secrets that sign now: the current one, and a recent previous."""
+    current = Sealed(endpoint.secret_key_id, endpoint.secret_ciphertext)
+    if (
+        endpoint.previous_secret_key_id is not None
+        and endpoint.previous_secret_ciphertext is not None
+        and endpoint.previous_secret_expires_at is not None
+        and endpoint.previous_secret_expires_at > now
+    ):
+        previous = Sealed(endpoint.previous_secret_key_id, endpoint.previous_secret_ciphertext)
+        return (current, previous)
+    return (current,)
+
+
+async def next_due_at(session: AsyncSession, excluded_endpoints: Sequence[UUID]) -> datetime | None:
+    """When the earliest pending delivery of an enabled endpoint not excluded is due."""
+    earliest: datetime | None = await session.scalar(
+        select(func.min(col(WebhookDelivery.next_attempt_at)))
+        .join(WebhookEndpoint, col(WebhookEndpoint.id) == col(WebhookDelivery.endpoint_id))
+        .where(
+            col(WebhookDelivery.status) == _PENDING,
+            col(WebhookEndpoint.enabled),
+            col(WebhookDelivery.endpoint_id).not_in(excluded_endpoints),
+        )
+    )
+    return earliest
+
+
+@dataclass(frozen=True)
+class RecordedAttempt:
+    written: bool
+    """False when the attempt had lost its lease: another one took the delivery over."""
+    disabled: DisabledReason | None = None
+    """Why the attempt disabled its endpoint, if it did."""
+
+
+async def record_attempt(
+    session: AsyncSession,
+    due: DueDelivery,
+    outcome: AttemptOutcome,
+    step: NextStep,
+    *,
+    now: datetime,
+    disable_after_failures: int,
+) -> RecordedAttempt:
+    """Write the attempt's outcome to its delivery and endpoint, in the session's transaction."""
+    values: dict[str, Any] = {
+        "status": step.status.value,
+        "next_attempt_at": step.next_attempt_at,
+        "last_attempt_at": now,
+        "status_code": outcome.status_code,
+        "latency_ms": round(outcome.latency_ms, 3),
+        "error": outcome.error,
+    }
+    if outcome.succeeded:
+        values["delivered_at"] = now
+    else:
+        values["failures"] = col(WebhookDelivery.failures) + 1
+    written = await session.execute(
+        update(WebhookDelivery)
+        .where(col(WebhookDelivery.id) == due.id, col(WebhookDelivery.attempts) == due.attempt)
+        .values(values)
+        .returning(col(WebhookDelivery.id))
+    )
+    if written.first() is None:
+        return RecordedAttempt(written=False)
+    endpoint = col(WebhookEndpoint.id) == due.endpoint_id
+    if outcome.succeeded:
+        await session.execute(
+            update(WebhookEndpoint)
+            .where(endpoint, col(WebhookEndpoint.consecutive_failures) > 0)
+            .values(consecutive_failures=0)
+        )
+        return RecordedAttempt(written=True)
+    failures = await session.scalar(
+        update(WebhookEndpoint)
+        .where(endpoint)
+        .values(consecutive_failures=col(WebhookEndpoint.consecutive_failures) + 1)
+        .returning(col(WebhookEndpoint.consecutive_failures))
+    )
+    reason = step.disable_endpoint or failing_endpoint(failures or 0, disable_after_failures)
+    if reason is None:
+        return RecordedAttempt(written=True)
+    disabled = await session.execute(
+        update(WebhookEndpoint)
+        .where(endpoint, col(WebhookEndpoint.enabled))
+        .values(enabled=False, disabled_reason=reason.value, updated_at=now)
+        .returning(col(WebhookEndpoint.id))
+    )
+    return RecordedAttempt(written=True, disabled=reason if disabled.first() is not None else None)
