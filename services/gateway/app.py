@@ -9,7 +9,7 @@ from ckrv.services.gateway.errors import install_error_handlers
 from ckrv.services.gateway.identity import activation
 from ckrv.services.gateway.identity import routes as identity
 from ckrv.services.gateway.identity.upstream import install_upstream_sessions
-from ckrv.services.gateway.routes import artifacts, credentials, jobs, logs, users
+from ckrv.services.gateway.routes import artifacts, credentials, jobs, logs, users, webhooks
 from ckrv.services.gateway.settings import GatewaySettings
 
 API_PREFIX = "/v1"
@@ -35,6 +35,7 @@ def create_app(
         logs.doubled_prefix_router,
         artifacts.router,
         credentials.router,
+        webhooks.router,
         users.router,
         identity.router,
     ):
