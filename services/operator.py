@@ -33,38 +33,62 @@ def _gateway(common: CommonSettings) -> tuple[Service, ServiceSettings]:
 
 
 def _dispatcher(common: CommonSettings) -> tuple[Service, ServiceSettings]:
-    from ckrv.services.dispatcher.service import DispatcherService
+    from ckrv.services.common.event_service import EventService
+    from ckrv.services.dispatcher.service import dispatcher_work
     from ckrv.services.dispatcher.settings import DispatcherSettings
     from ckrv.services.runners.settings import RunnerSettings
 
-    settings = DispatcherSettings()
-    return DispatcherService(common, settings, RunnerSettings()), settings
+    settings, runner = DispatcherSettings(), RunnerSettings()
+    return (
+        EventService(
+            "dispatcher", common, lambda connections: dispatcher_work(connections, settings, runner)
+        ),
+        settings,
+    )
 
 
 def _watcher(common: CommonSettings) -> tuple[Service, ServiceSettings]:
+    from ckrv.services.common.event_service import EventService
     from ckrv.services.runners.settings import RunnerSettings
-    from ckrv.services.watcher.service import WatcherService
+    from ckrv.services.watcher.service import watcher_work
     from ckrv.services.watcher.settings import WatcherSettings
 
-    settings = WatcherSettings()
-    return WatcherService(common, settings, RunnerSettings()), settings
+    settings, runner = WatcherSettings(), RunnerSettings()
+    return (
+        EventService(
+            "watcher", common, lambda connections: watcher_work(connections, settings, runner)
+        ),
+        settings,
+    )
 
 
 def _log_relay(common: CommonSettings) -> tuple[Service, ServiceSettings]:
-    from ckrv.services.log_relay.service import LogRelayService
+    from ckrv.services.common.event_service import EventService
+    from ckrv.services.log_relay.service import log_relay_work
     from ckrv.services.log_relay.settings import LogRelaySettings
     from ckrv.services.runners.settings import RunnerSettings
 
-    settings = LogRelaySettings()
-    return LogRelayService(common, settings, RunnerSettings()), settings
+    settings, runner = LogRelaySettings(), RunnerSettings()
+    return (
+        EventService(
+            "log-relay", common, lambda connections: log_relay_work(connections, settings, runner)
+        ),
+        settings,
+    )
 
 
 def _artifacts(common: CommonSettings) -> tuple[Service, ServiceSettings]:
-    from ckrv.services.artifacts.service import ArtifactsService
+    from ckrv.services.artifacts.service import artifacts_work
     from ckrv.services.artifacts.settings import ArtifactsSettings
+    from ckrv.services.common.event_service import EventService
 
     settings = ArtifactsSettings()
-    return ArtifactsService(common, settings), settings
+    return (
+        EventService(
+            "artifacts", common, lambda connections: artifacts_work(connections, settings)
+        ),
+        settings,
+    )
 
 
 def _notifier(common: CommonSettings) -> tuple[Service, ServiceSettings]:

@@ -19,7 +19,7 @@ import socket
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, ClassVar
+from typing import Any
 
 import uvicorn
 import uvloop
@@ -39,7 +39,7 @@ THREAD_SWITCH_SECONDS = 0.001
 class Service(abc.ABC):
     """One long-running part of Chakravarti Cloud."""
 
-    name: ClassVar[str]
+    name: str
 
     def readiness_checks(self) -> dict[str, ReadinessCheck]:
         """Dependencies /readyz checks; none by default."""

@@ -23,10 +23,9 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
-from nats.aio.client import Client
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
 from ckrv.events.catalog import JobCancelRequested, JobEvent, JobRetried, JobSubmitted, parse_event
@@ -43,15 +42,11 @@ from ckrv.events.state import (
     decide,
 )
 from ckrv.events.store import JobEventStore
-from ckrv.events.streams import provision_streams
 from ckrv.events.subjects import JOBS_STREAM
 from ckrv.schemas.api import SubscriptionTier
 from ckrv.services.artifacts.uploads import upload_urls
-from ckrv.services.common.connections import connect_nats, connection_checks
 from ckrv.services.common.credentials import OpenedCredential, open_credential
-from ckrv.services.common.db import create_engine, session_factory
-from ckrv.services.common.http import ReadinessCheck
-from ckrv.services.common.service import Service
+from ckrv.services.common.event_service import Concurrently, Connections, Work
 from ckrv.services.common.settings import CommonSettings, Environment
 from ckrv.services.common.storage import storage_client
 from ckrv.services.common.tiers import TIERS
@@ -62,7 +57,6 @@ from ckrv.services.dispatcher.admission import (
     choose_admissions,
 )
 from ckrv.services.dispatcher.settings import DispatcherSettings
-from ckrv.services.runners.backends import open_runner
 from ckrv.services.runners.base import Runner, WorkloadRequest
 from ckrv.services.runners.settings import RunnerSettings
 from ckrv.services.worker.job_input import GitCredentialInfo, WorkerInput
@@ -401,48 +395,18 @@ class Dispatcher:
                 task.cancel()
 
 
-class DispatcherService(Service):
-    name = "dispatcher"
-
-    def __init__(
-        self, common: CommonSettings, settings: DispatcherSettings, runner: RunnerSettings
-    ) -> None:
-        self._common = common
-        self._settings = settings
-        self._runner_settings = runner
-        self._nats: Client | None = None
-        self._engine: AsyncEngine | None = None
-        self._runner: Runner | None = None
-        self.dispatcher: Dispatcher | None = None
-
-    async def start(self) -> None:
-        self._nats = await connect_nats(self._common.nats_url, name=self.name)
-        await provision_streams(self._nats.jetstream())
-        self._engine = create_engine(self._common.database_url.get_secret_value())
-        self._runner = open_runner(self._runner_settings)
-        self.dispatcher = Dispatcher(
-            common=self._common,
-            settings=self._settings,
-            sessions=session_factory(self._engine),
-            store=JobEventStore(self._nats),
-            runner=self._runner,
-        )
-
-    def readiness_checks(self) -> dict[str, ReadinessCheck]:
-        return connection_checks(lambda: self._nats, lambda: self._engine)
-
-    async def run(self, stop: asyncio.Event) -> None:
-        assert self._nats is not None
-        assert self.dispatcher is not None
-        consumer = EventConsumer(
-            self._nats.jetstream(), dispatcher_spec(), parse_event, self.dispatcher.handle
-        )
-        await asyncio.gather(consumer.run(stop), self.dispatcher.admit_until(stop))
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.close()
-        if self._nats is not None:
-            await self._nats.drain()
-        if self._engine is not None:
-            await self._engine.dispose()
+async def dispatcher_work(
+    connections: Connections, settings: DispatcherSettings, runner_settings: RunnerSettings
+) -> Work:
+    """The dispatcher's work: its event consumer and its admission passes."""
+    dispatcher = Dispatcher(
+        common=connections.common,
+        settings=settings,
+        sessions=connections.sessions,
+        store=connections.store,
+        runner=await connections.runner(runner_settings),
+    )
+    consumer = EventConsumer(
+        connections.nats.jetstream(), dispatcher_spec(), parse_event, dispatcher.handle
+    )
+    return Concurrently(consumer.run, dispatcher.admit_until)

@@ -17,24 +17,18 @@ import logging
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
-from nats.aio.client import Client
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
 from ckrv.events.envelope import observation_event_id
 from ckrv.events.state import JobCommand, JobTransitionError, TimeOutJob
 from ckrv.events.store import JobEventStore
-from ckrv.events.streams import provision_streams
 from ckrv.services.artifacts.verification import check_result
-from ckrv.services.common.connections import connect_nats, connection_checks
-from ckrv.services.common.db import create_engine, session_factory
-from ckrv.services.common.http import ReadinessCheck
-from ckrv.services.common.service import Service
+from ckrv.services.common.event_service import Connections, Work
 from ckrv.services.common.settings import CommonSettings
 from ckrv.services.common.storage import storage_client
 from ckrv.services.dispatcher.admission import Admission, AdmissionState
-from ckrv.services.runners.backends import open_runner
 from ckrv.services.runners.base import Runner, WorkloadNotFound, WorkloadState, WorkloadStatus
 from ckrv.services.runners.settings import RunnerSettings
 from ckrv.services.watcher.observations import (
@@ -183,6 +177,16 @@ class Watcher:
                 )
                 await self._record(status.job_id, [timed_out])
 
+    async def run(self, stop: asyncio.Event) -> None:
+        """Follow the runner and reconcile until `stop`."""
+        # Following waits on the runner's next report, which `stop` does not interrupt.
+        following = asyncio.create_task(self.follow(stop))
+        try:
+            await self.reconcile_until(stop)
+        finally:
+            following.cancel()
+            await asyncio.gather(following, return_exceptions=True)
+
     async def reconcile_until(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
@@ -195,49 +199,13 @@ class Watcher:
                 continue
 
 
-class WatcherService(Service):
-    name = "watcher"
-
-    def __init__(
-        self, common: CommonSettings, settings: WatcherSettings, runner: RunnerSettings
-    ) -> None:
-        self._common = common
-        self._settings = settings
-        self._runner_settings = runner
-        self._nats: Client | None = None
-        self._engine: AsyncEngine | None = None
-        self._runner: Runner | None = None
-        self.watcher: Watcher | None = None
-
-    async def start(self) -> None:
-        self._nats = await connect_nats(self._common.nats_url, name=self.name)
-        await provision_streams(self._nats.jetstream())
-        self._engine = create_engine(self._common.database_url.get_secret_value())
-        self._runner = open_runner(self._runner_settings)
-        self.watcher = Watcher(
-            common=self._common,
-            settings=self._settings,
-            sessions=session_factory(self._engine),
-            store=JobEventStore(self._nats),
-            runner=self._runner,
-        )
-
-    def readiness_checks(self) -> dict[str, ReadinessCheck]:
-        return connection_checks(lambda: self._nats, lambda: self._engine)
-
-    async def run(self, stop: asyncio.Event) -> None:
-        assert self.watcher is not None
-        following = asyncio.create_task(self.watcher.follow(stop))
-        try:
-            await self.watcher.reconcile_until(stop)
-        finally:
-            following.cancel()
-            await asyncio.gather(following, return_exceptions=True)
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.close()
-        if self._nats is not None:
-            await self._nats.drain()
-        if self._engine is not None:
-            await self._engine.dispose()
+async def watcher_work(
+    connections: Connections, settings: WatcherSettings, runner_settings: RunnerSettings
+) -> Work:
+    return Watcher(
+        common=connections.common,
+        settings=settings,
+        sessions=connections.sessions,
+        store=connections.store,
+        runner=await connections.runner(runner_settings),
+    )

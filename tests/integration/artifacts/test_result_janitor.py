@@ -48,10 +48,11 @@ from ckrv.events.store import JobEventStore
 from ckrv.events.streams import provision_streams
 from ckrv.services.artifacts.janitor import Janitor
 from ckrv.services.artifacts.retention import ResultRetention
-from ckrv.services.artifacts.service import ArtifactsService
+from ckrv.services.artifacts.service import artifacts_work
 from ckrv.services.artifacts.settings import ArtifactsSettings
 from ckrv.services.common.connections import connect_nats
 from ckrv.services.common.db import create_engine, create_schema, session_factory
+from ckrv.services.common.event_service import EventService
 from ckrv.services.common.settings import CommonSettings
 from ckrv.services.stack.nats_server import NatsServer
 from ckrv.services.stack.ports import free_ports
@@ -220,7 +221,9 @@ async def test_a_finished_jobs_results_go_at_expiry_and_a_running_jobs_stay(
     finished_keys = store_results(s3_server, finished, 1, 2)
     running_keys = store_results(s3_server, running, 1)
     settings = ArtifactsSettings(retention_seconds_override=0.5, expiry_interval_seconds=0.1)
-    service = ArtifactsService(common, settings)
+    service = EventService(
+        "artifacts", common, lambda connections: artifacts_work(connections, settings)
+    )
     await service.start()
     stop = asyncio.Event()
     serving = asyncio.create_task(service.run(stop))

@@ -22,11 +22,9 @@ from uuid import UUID, uuid4
 import httpx
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ckrv.events.store import JobEventStore
-from ckrv.services.common.connections import connect_nats
-from ckrv.services.common.db import create_engine, create_schema, session_factory
+from ckrv.services.common.db import create_schema
+from ckrv.services.common.event_service import Connections, connected
 from ckrv.services.common.settings import DEVELOPMENT_CREDENTIAL_KEYS, CommonSettings
 from ckrv.services.runners.local import LocalRunner
 from ckrv.services.stack.nats_server import NatsServer
@@ -80,15 +78,6 @@ class Execution:
         return kind(self.runner_root, sandbox_read_only_paths=[self.git.tls.ca_certificate.parent])
 
 
-@dataclass(frozen=True)
-class Connections:
-    """What an in-process dispatcher or watcher is built from, on the module's servers."""
-
-    common: CommonSettings
-    sessions: async_sessionmaker[AsyncSession]
-    store: JobEventStore
-
-
 @asynccontextmanager
 async def in_process(execution: Execution, s3: SeaweedServer) -> AsyncIterator[Connections]:
     """Connections like the module's services have, for a service built in the test."""
@@ -102,13 +91,8 @@ async def in_process(execution: Execution, s3: SeaweedServer) -> AsyncIterator[C
         s3_region=s3.region,
         s3_bucket=s3.bucket,
     )
-    nc = await connect_nats(execution.nats_url, name="in-process-service")
-    engine = create_engine(execution.database_url)
-    try:
-        yield Connections(common, session_factory(engine), JobEventStore(nc))
-    finally:
-        await nc.close()
-        await engine.dispose()
+    async with connected(common, name="in-process-service") as connections:
+        yield connections
 
 
 def submit(
