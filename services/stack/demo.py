@@ -23,15 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 import httpx
-from pydantic import SecretStr
 
 from ckrv.cli.models import Job
 from ckrv.cli.render import status_text
-from ckrv.services.common.settings import CommonSettings, Environment
-from ckrv.services.common.storage import artifact_key, storage_client
 from ckrv.services.stack.launcher import GRPC_PORT_OFFSET, STACK_FILE
 from ckrv.services.stack.ports import free_ports_apart
 
@@ -266,28 +262,6 @@ def print_events(job_id: str, gateway: str, token: str) -> None:
         print(f"  #{event['sequence']}  {event['type']}  by {event['actor']}")
 
 
-def read_diff(endpoints: dict[str, Any], job: Job) -> str:
-    """The job's `diff.patch`, straight from the stack's object storage."""
-    s3 = endpoints["s3"]
-    storage = storage_client(
-        CommonSettings(
-            env=Environment.DEV,
-            s3_endpoint=s3["endpoint"],
-            s3_access_key=SecretStr(s3["access_key"]),
-            s3_secret_key=SecretStr(s3["secret_key"]),
-            s3_region=s3["region"],
-        )
-    )
-    response = storage.get_object(
-        s3["bucket"], artifact_key(UUID(job.id), job.attempt, "diff.patch")
-    )
-    try:
-        return response.data.decode()
-    finally:
-        response.close()
-        response.release_conn()
-
-
 def user_environment(gateway: str, token: str) -> dict[str, str]:
     """The environment of the demo user's `ckrv` commands."""
     # Both spellings, so a token or URL left in the developer's shell cannot take over.
@@ -311,8 +285,7 @@ def run_the_health_job(
         sys.exit(job_failure(job))
     print_summary(job)
     print_events(job.id, endpoints["services"]["gateway"]["url"], environment["CKRV_TOKEN"])
-    print(f"\nthe diff ({artifact_key(UUID(job.id), job.attempt, 'diff.patch')}):")
-    print(read_diff(endpoints, job).rstrip())
+    ckrv(["diff", job.id], environment)
 
 
 def cancel_a_running_job(environment: dict[str, str], workdir: Path, repository: Path) -> None:

@@ -33,8 +33,8 @@ def test_demo_runs_a_job_to_its_diff_cancels_another_and_leaves_nothing_behind()
     assert f"job {health_job} succeeded" in output
     assert "outcome:        script changed 2 files (+10 -0)" in output
     assert "job.succeeded  by service:watcher" in output
-    # The diff holds exactly what the spec's script wrote, as stored by the job.
-    diff = output.split(f"the diff (jobs/{health_job}/1/diff.patch):\n")[1]
+    # The diff, as `ckrv diff` shows it, holds exactly what the spec's script wrote.
+    diff = output.split(f"$ ckrv diff {health_job}\n")[1]
     diff = diff.split("\n\nand a job to cancel")[0]
     assert re.findall(r"^diff --git a/(\S+)", diff, re.MULTILINE) == ["routes.py", "test_health.py"]
     added = [line[1:] for line in diff.splitlines() if line.startswith("+") and line[:3] != "+++"]
