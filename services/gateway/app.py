@@ -9,7 +9,15 @@ from ckrv.services.gateway.errors import install_error_handlers
 from ckrv.services.gateway.identity import activation
 from ckrv.services.gateway.identity import routes as identity
 from ckrv.services.gateway.identity.upstream import install_upstream_sessions
-from ckrv.services.gateway.routes import artifacts, credentials, jobs, logs, users, webhooks
+from ckrv.services.gateway.routes import (
+    artifacts,
+    credentials,
+    events,
+    jobs,
+    logs,
+    users,
+    webhooks,
+)
 from ckrv.services.gateway.settings import GatewaySettings
 
 API_PREFIX = "/v1"
@@ -36,6 +44,7 @@ def create_app(
         artifacts.router,
         credentials.router,
         webhooks.router,
+        events.router,
         users.router,
         identity.router,
     ):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from ckrv.events.state import ApiStatus
+from ckrv.services.gateway.errors import validation_error
 from ckrv.services.gateway.live_logs import LiveLogs
 from ckrv.services.gateway.log_history import LogLines, StoredLine
 
@@ -37,6 +38,19 @@ class StreamTiming:
     heartbeat_seconds: float
     retry_milliseconds: int
     end_quiet_seconds: float
+
+
+def resume_id(text: str | None) -> int | None:
+    """The stream sequence a client resumes after (`Last-Event-ID`), if it sent one."""
+    if text is None or not text.strip():
+        return None
+    try:
+        value = int(text.strip())
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise validation_error("Last-Event-ID", "is not an event id of this stream")
+    return value
 
 
 def retry_field(milliseconds: int) -> bytes:

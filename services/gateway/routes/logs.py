@@ -36,6 +36,7 @@ from ckrv.services.gateway.log_stream import (
     StreamTiming,
     archived_stream,
     live_stream,
+    resume_id,
 )
 from ckrv.services.gateway.log_tickets import LogTickets, ticket_accepted
 from ckrv.services.gateway.routes.jobs import ERRORS, owned_job
@@ -130,7 +131,7 @@ async def job_logs(
     start = LogStart(tail, after or 0)
     if follow or MEDIA_TYPE in request.headers.get("accept", ""):
         resume = last_event_id_header if last_event_id_header is not None else last_event_id
-        return await _event_stream(context, record, start, _event_id(resume))
+        return await _event_stream(context, record, start, resume_id(resume))
     return await _page(context, record, start, limit)
 
 
@@ -225,18 +226,6 @@ def _ended_at(record: JobRecord) -> datetime | None:
     if JobStatus(record.status) not in TERMINAL_JOB_STATUSES:
         return None
     return record.completed_at or record.created_at
-
-
-def _event_id(text: str | None) -> int | None:
-    if text is None or not text.strip():
-        return None
-    try:
-        value = int(text.strip())
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise validation_error("Last-Event-ID", "is not an event id of this stream")
-    return value
 
 
 def _live(context: GatewayContext) -> LiveLogs:
