@@ -59,6 +59,7 @@ lint:
     mypy -p ckrv
     mypy tests
     python -m ckrv.schemas.export --check
+    python -m ckrv.schemas.asyncapi --check
     python -m ckrv.services.gateway.openapi --check
 
 # [quality] Rewrite the code in the house format and apply safe lint fixes.
@@ -66,9 +67,10 @@ fmt:
     ruff format .
     ruff check --fix .
 
-# [quality] Regenerate the checked-in contracts (event JSON Schemas, OpenAPI).
+# [quality] Regenerate the checked-in contracts (event JSON Schemas, AsyncAPI, OpenAPI).
 schemas:
     python -m ckrv.schemas.export
+    python -m ckrv.schemas.asyncapi
     python -m ckrv.services.gateway.openapi
 
 # [perf] Run the benchmarks; each writes tests/perf/results/<name>.json and prints a table.
