@@ -2,9 +2,10 @@
 
 A claim is a lease: the claimed delivery's next attempt time moves past the
 attempt's timeout, and its attempt count goes up. A notifier that dies while
-sending leaves the lease to run out, and the delivery is sent again then; its
-outcome is recorded only by the attempt that still holds the lease (the count
-has not moved on), so a late one changes nothing.
+sending leaves the lease to run out, and the delivery is sent again then. An
+outcome is recorded only by the attempt that still holds the lease (neither the
+count nor the time has moved on: no later claim, no redelivery meanwhile), so a
+late one changes nothing.
 """
 
 from __future__ import annotations
@@ -118,6 +119,8 @@ class DueDelivery:
     endpoint_id: UUID
     attempt: int
     """This attempt's number; the outcome is recorded only while the row still has it."""
+    lease_until: datetime
+    """The next attempt time the claim set; the outcome is recorded only while it holds."""
     failures: int
     url: str
     secrets: tuple[Sealed, ...]
@@ -210,22 +213,18 @@ async def claim_due(
             )
         )
     }
-    bodies = dict(
-        (
-            await session.execute(
-                select(col(WebhookMessage.id), col(WebhookMessage.body)).where(
-                    col(WebhookMessage.id).in_({row.message_id for row in claimed})
-                )
-            )
+    messages = await session.execute(
+        select(col(WebhookMessage.id), col(WebhookMessage.body)).where(
+            col(WebhookMessage.id).in_({row.message_id for row in claimed})
         )
-        .tuples()
-        .all()
     )
+    bodies = {message.id: message.body for message in messages}
     return [
         DueDelivery(
             id=row.id,
             endpoint_id=row.endpoint_id,
             attempt=row.attempts,
+            lease_until=lease_until,
             failures=row.failures,
             url=endpoints[row.endpoint_id].url,
             secrets=signing_secrets(endpoints[row.endpoint_id], now),
@@ -267,7 +266,7 @@ async def next_due_at(session: AsyncSession, excluded_endpoints: Sequence[UUID])
 @dataclass(frozen=True)
 class RecordedAttempt:
     written: bool
-    """False when the attempt had lost its lease: another one took the delivery over."""
+    """False when the attempt had lost its lease: another attempt or a redelivery took over."""
     disabled: DisabledReason | None = None
     """Why the attempt disabled its endpoint, if it did."""
 
@@ -296,7 +295,11 @@ async def record_attempt(
         values["failures"] = col(WebhookDelivery.failures) + 1
     written = await session.execute(
         update(WebhookDelivery)
-        .where(col(WebhookDelivery.id) == due.id, col(WebhookDelivery.attempts) == due.attempt)
+        .where(
+            col(WebhookDelivery.id) == due.id,
+            col(WebhookDelivery.attempts) == due.attempt,
+            col(WebhookDelivery.next_attempt_at) == due.lease_until,
+        )
         .values(values)
         .returning(col(WebhookDelivery.id))
     )

@@ -239,7 +239,7 @@ class Notifier:
             logger.exception("recording an attempt failed", extra=context)
             return
         if not recorded.written:
-            logger.info("attempt outlived its lease; another one took over", extra=context)
+            logger.info("attempt lost its lease; another attempt took over", extra=context)
         elif not outcome.succeeded:
             logger.info(
                 "attempt failed",
