@@ -8,6 +8,7 @@ a receiver in the wild would.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -40,12 +41,13 @@ class Received:
         return payload
 
 
-# How to answer a request: given the number of earlier requests with its webhook-id.
-Answer = Callable[[int, dict[str, str]], Awaitable[int]]
+# The status to answer a request with, given how many earlier ones had its webhook-id, and
+# the request (its `answered` not yet known).
+Answer = Callable[[int, Received], Awaitable[int]]
 
 
 def always(status: int) -> Answer:
-    async def answer(_: int, __: dict[str, str]) -> int:
+    async def answer(_: int, __: Received) -> int:
         return status
 
     return answer
@@ -54,7 +56,7 @@ def always(status: int) -> Answer:
 def failing_first(failures: int, status: int = 500) -> Answer:
     """Each message's first `failures` attempts get `status`, the next ones 200."""
 
-    async def answer(earlier: int, _: dict[str, str]) -> int:
+    async def answer(earlier: int, _: Received) -> int:
         return status if earlier < failures else 200
 
     return answer
@@ -92,17 +94,17 @@ class WebhookReceiver:
         await self._runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
         headers = {name.lower(): value for name, value in request.headers.items()}
-        earlier = self._seen[headers.get("webhook-id", "")]
-        self._seen[headers.get("webhook-id", "")] += 1
+        arrived = Received(headers, await request.read(), answered=0)
+        earlier = self._seen[arrived.webhook_id]
+        self._seen[arrived.webhook_id] += 1
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
-            status = await self.answer(earlier, headers)
+            status = await self.answer(earlier, arrived)
         finally:
             self.in_flight -= 1
-        self.received.append(Received(headers, body, status))
+        self.received.append(dataclasses.replace(arrived, answered=status))
         return web.Response(status=status, text="" if status < 300 else "receiver says no")
 
     def of(self, webhook_id: str) -> list[Received]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +135,16 @@ async def running_notifier(stack: WebhookStack, **settings: Any) -> AsyncIterato
         await service.close()
 
 
+async def wait_until(
+    condition: Callable[[], Awaitable[bool]], what: str, within: float = 30.0
+) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not await condition():
+        assert loop.time() < deadline, f"{what}: not within {within} s"
+        await asyncio.sleep(0.02)
+
+
 async def add_webhook(client: httpx.AsyncClient, url: str, **fields: Any) -> dict[str, Any]:
     """A new endpoint, with its `secret`."""
     response = await client.post("/webhooks", json={"url": url} | fields)
@@ -149,11 +159,16 @@ async def submit(client: httpx.AsyncClient) -> UUID:
     return UUID(response.json()["id"])
 
 
+async def complete(stack: WebhookStack, job_id: UUID) -> None:
+    """Queue, start and succeed the job."""
+    await start(stack.store, job_id)
+    await succeed(stack.store, job_id)
+
+
 async def finish(stack: WebhookStack, client: httpx.AsyncClient) -> UUID:
     """A new job of the client's user, queued, started and succeeded."""
     job_id = await submit(client)
-    await start(stack.store, job_id)
-    await succeed(stack.store, job_id)
+    await complete(stack, job_id)
     return job_id
 
 

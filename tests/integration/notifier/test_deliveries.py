@@ -27,21 +27,12 @@ from tests.integration.notifier.conftest import (
     event_id,
     finish,
     running_notifier,
+    wait_until,
     webhook,
 )
-from tests.webhook_receiver import WebhookReceiver, always, failing_first
+from tests.webhook_receiver import Received, WebhookReceiver, always, failing_first
 
 pytestmark = pytest.mark.integration
-
-
-async def wait_until(
-    condition: Callable[[], Awaitable[bool]], what: str, within: float = 30.0
-) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not await condition():
-        assert loop.time() < deadline, f"{what}: not within {within} s"
-        await asyncio.sleep(0.02)
 
 
 def disabled(user: httpx.AsyncClient, webhook_id: str) -> Callable[[], Awaitable[bool]]:
@@ -235,7 +226,7 @@ async def test_a_slow_endpoint_does_not_hold_up_a_healthy_one(
 ) -> None:
     released = asyncio.Event()
 
-    async def hang(_: int, __: dict[str, str]) -> int:
+    async def hang(_: int, __: Received) -> int:
         await released.wait()
         return 200
 

@@ -18,7 +18,7 @@ import pytest
 from ckrv.services.notifier.addresses import check_webhook_url
 from ckrv.services.notifier.sender import WebhookSender
 from ckrv.services.stack.ports import free_ports
-from tests.webhook_receiver import WebhookReceiver, always
+from tests.webhook_receiver import Received, WebhookReceiver, always
 
 BODY = b'{"type":"webhook.ping"}'
 HEADERS = {"Content-Type": "application/json", "webhook-id": "msg_1"}
@@ -72,7 +72,7 @@ async def test_a_refusal_keeps_the_start_of_its_body() -> None:
 async def test_no_answer_in_time_is_a_timeout() -> None:
     release = asyncio.Event()
 
-    async def hang(_: int, __: dict[str, str]) -> int:
+    async def hang(_: int, __: Received) -> int:
         await release.wait()
         return 200
 
