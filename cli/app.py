@@ -26,6 +26,7 @@ from ckrv.cli.commands.jobs import cancel, jobs, status
 from ckrv.cli.commands.logs import logs
 from ckrv.cli.commands.pull import diff, pull
 from ckrv.cli.commands.run import run
+from ckrv.cli.commands.webhooks import webhooks
 from ckrv.cli.errors import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
@@ -69,6 +70,7 @@ app.command(pull)
 app.command(diff)
 app.command(cancel)
 app.command(cloud)
+app.command(webhooks)
 
 
 @app.meta.default

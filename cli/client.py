@@ -50,6 +50,11 @@ from ckrv.cli.models import (
     LogPage,
     TokenPair,
     User,
+    Webhook,
+    WebhookDelivery,
+    WebhookDeliveryPage,
+    WebhookList,
+    WebhookSecret,
 )
 from ckrv.cli.profiles import login_command
 
@@ -314,6 +319,52 @@ class CloudClient:
         self._request(
             "DELETE", f"credentials/{quote(name, safe='')}", idempotent=False, decode=False
         )
+
+    def add_webhook(self, *, url: str, event_types: list[str] | None, description: str) -> Webhook:
+        """`POST /webhooks`: the new webhook, with its signing secret (shown this once)."""
+        body = self._request(
+            "POST",
+            "webhooks",
+            json={"url": url, "event_types": event_types, "description": description},
+            # Sent again after a lost answer, it would make a second webhook.
+            idempotent=False,
+        )
+        return self._model(Webhook, body, "POST", "webhooks")
+
+    def list_webhooks(self) -> WebhookList:
+        body = self._request("GET", "webhooks", idempotent=True)
+        return self._model(WebhookList, body, "GET", "webhooks")
+
+    def remove_webhook(self, webhook_id: str) -> None:
+        """`DELETE /webhooks/{id}`; `not_found` (404) when the user has no such webhook."""
+        path = f"webhooks/{quote(webhook_id, safe='')}"
+        self._request("DELETE", path, idempotent=False, decode=False)
+
+    def webhook_deliveries(
+        self, webhook_id: str, *, limit: int | None = None, cursor: str | None = None
+    ) -> WebhookDeliveryPage:
+        """`GET /webhooks/{id}/deliveries`: a page of its deliveries, newest first."""
+        path = f"webhooks/{quote(webhook_id, safe='')}/deliveries"
+        params = {
+            name: value
+            for name, value in (("limit", limit), ("cursor", cursor))
+            if value is not None
+        }
+        body = self._request("GET", path, params=params, idempotent=True)
+        return self._model(WebhookDeliveryPage, body, "GET", path)
+
+    def test_webhook(self, webhook_id: str) -> WebhookDelivery:
+        """`POST /webhooks/{id}/test`: the ping's delivery, not yet sent."""
+        path = f"webhooks/{quote(webhook_id, safe='')}/test"
+        body = self._request("POST", path, idempotent=False)
+        return self._model(WebhookDelivery, body, "POST", path)
+
+    def rotate_webhook_secret(self, webhook_id: str) -> WebhookSecret:
+        """`POST /webhooks/{id}/rotate-secret`: the new secret (the old one signs for 24 h)."""
+        path = f"webhooks/{quote(webhook_id, safe='')}/rotate-secret"
+        # Not resent: a second rotation would drop the secret the first one kept valid.
+        body = self._request("POST", path, idempotent=False)
+        return self._model(WebhookSecret, body, "POST", path)
 
     # Sign-in endpoints: no bearer token; the client id says which client asks.
 

@@ -133,6 +133,56 @@ class GitCredentialList(ApiModel):
     credentials: list[GitCredential]
 
 
+class Webhook(ApiModel):
+    """An endpoint the service tells of the user's job events; its secret only when made."""
+
+    id: str
+    url: str
+    event_types: list[str]
+    description: str = ""
+    enabled: bool = True
+    disabled_reason: str | None = None
+    consecutive_failures: int = 0
+    created_at: Timestamp
+    secret: str | None = None
+
+
+class WebhookList(ApiModel):
+    webhooks: list[Webhook]
+
+
+class WebhookSecret(ApiModel):
+    secret: str
+    previous_secret_valid_until: Timestamp
+
+
+class WebhookDelivery(ApiModel):
+    """One event sent (or to be sent) to a webhook, with its latest attempt."""
+
+    id: str
+    event_id: str
+    event_type: str
+    status: str
+    attempts: int = 0
+    status_code: int | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+    next_attempt_at: Timestamp | None = None
+    created_at: Timestamp
+
+
+class WebhookDeliveryPage(ApiModel):
+    deliveries: list[WebhookDelivery]
+    next_cursor: str | None = None
+
+    @classmethod
+    def from_body(cls, body: Any) -> Self:
+        page = super().from_body(body)
+        for delivery, delivery_body in zip(page.deliveries, body["deliveries"], strict=True):
+            delivery._body = delivery_body
+        return page
+
+
 class DeviceAuthorization(ApiModel):
     """`POST /auth/device`: what the user enters where, and how the CLI polls (RFC 8628 §3.2)."""
 
