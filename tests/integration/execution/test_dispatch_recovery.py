@@ -95,6 +95,8 @@ async def test_a_dispatcher_killed_at_any_moment_leaves_one_workload_per_job(
         await dispatcher.stop()
         await dispatcher.start()
         jobs = [await asyncio.to_thread(wait_for, client, job_id) for job_id in job_ids]
-    assert [job["status"] for job in jobs] == ["succeeded"] * len(job_ids)
+    assert [job["status"] for job in jobs] == ["succeeded"] * len(job_ids), [
+        job["error_message"] for job in jobs
+    ]
     counts = await workload_counts(execution)
     assert [counts[job_id] for job_id in job_ids] == [1] * len(job_ids)
