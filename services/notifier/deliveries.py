@@ -17,14 +17,34 @@ from typing import Any
 from uuid import UUID
 
 import uuid_utils
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import (
+    ARRAY,
+    Boolean,
+    DateTime,
+    Float,
+    Integer,
+    String,
+    Text,
+    Uuid,
+    bindparam,
+    exists,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from ckrv.schemas.webhooks import DeliveryStatus, DisabledReason, WebhookPayload
 from ckrv.services.common.sealing import Sealed
-from ckrv.services.notifier.policy import AttemptOutcome, NextStep, failing_endpoint
+from ckrv.services.notifier.policy import (
+    AttemptOutcome,
+    NextStep,
+    failing_endpoint,
+    failure_counts,
+)
 from ckrv.services.notifier.tables import WebhookDelivery, WebhookEndpoint, WebhookMessage
 
 _PENDING = DeliveryStatus.PENDING.value
@@ -264,68 +284,141 @@ async def next_due_at(session: AsyncSession, excluded_endpoints: Sequence[UUID])
 
 
 @dataclass(frozen=True)
-class RecordedAttempt:
-    written: bool
-    """False when the attempt had lost its lease: another attempt or a redelivery took over."""
-    disabled: DisabledReason | None = None
-    """Why the attempt disabled its endpoint, if it did."""
+class FinishedAttempt:
+    due: DueDelivery
+    outcome: AttemptOutcome
+    step: NextStep
+    ended_at: datetime
 
 
-async def record_attempt(
+@dataclass(frozen=True)
+class RecordedAttempts:
+    lost: list[FinishedAttempt]
+    """Those that had lost their lease (another attempt or a redelivery took over): not
+    written, and not counted against their endpoints."""
+    disabled: dict[UUID, DisabledReason]
+    """The endpoints these attempts disabled, and why."""
+
+
+# One statement for any number of attempts: each delivery's outcome, written only while the
+# attempt still holds its lease.
+_RECORD_OUTCOMES = (
+    text(
+        "UPDATE webhook_deliveries AS d SET status = v.status,"
+        " next_attempt_at = v.next_attempt_at, last_attempt_at = v.ended_at,"
+        " status_code = v.status_code, latency_ms = v.latency_ms, error = v.error,"
+        " failures = d.failures + CASE WHEN v.succeeded THEN 0 ELSE 1 END,"
+        " delivered_at = CASE WHEN v.succeeded THEN v.ended_at ELSE d.delivered_at END"
+        " FROM unnest(:ids, :attempts, :leases, :statuses, :next_attempts, :ended,"
+        " :status_codes, :latencies, :errors, :succeeded) AS v (id, attempt, lease, status,"
+        " next_attempt_at, ended_at, status_code, latency_ms, error, succeeded)"
+        " WHERE d.id = v.id AND d.attempts = v.attempt AND d.next_attempt_at = v.lease"
+        " RETURNING d.id"
+    )
+    .bindparams(
+        bindparam("ids", type_=ARRAY(Uuid())),
+        bindparam("attempts", type_=ARRAY(Integer())),
+        bindparam("leases", type_=ARRAY(DateTime(timezone=True))),
+        bindparam("statuses", type_=ARRAY(String())),
+        bindparam("next_attempts", type_=ARRAY(DateTime(timezone=True))),
+        bindparam("ended", type_=ARRAY(DateTime(timezone=True))),
+        bindparam("status_codes", type_=ARRAY(Integer())),
+        bindparam("latencies", type_=ARRAY(Float())),
+        bindparam("errors", type_=ARRAY(Text())),
+        bindparam("succeeded", type_=ARRAY(Boolean())),
+    )
+    .columns(id=Uuid())
+)
+_COUNT_FAILURES = (
+    text(
+        "UPDATE webhook_endpoints AS e SET consecutive_failures = CASE WHEN v.restart"
+        " THEN v.added ELSE e.consecutive_failures + v.added END"
+        " FROM unnest(:ids, :restarts, :added) AS v (id, restart, added)"
+        " WHERE e.id = v.id AND (v.added > 0 OR e.consecutive_failures > 0)"
+        " RETURNING e.id, e.consecutive_failures"
+    )
+    .bindparams(
+        bindparam("ids", type_=ARRAY(Uuid())),
+        bindparam("restarts", type_=ARRAY(Boolean())),
+        bindparam("added", type_=ARRAY(Integer())),
+    )
+    .columns(id=Uuid(), consecutive_failures=Integer())
+)
+_DISABLE = (
+    text(
+        "UPDATE webhook_endpoints AS e SET enabled = false, disabled_reason = v.reason,"
+        " updated_at = :now FROM unnest(:ids, :reasons) AS v (id, reason)"
+        " WHERE e.id = v.id AND e.enabled RETURNING e.id"
+    )
+    .bindparams(
+        bindparam("ids", type_=ARRAY(Uuid())),
+        bindparam("reasons", type_=ARRAY(String())),
+        bindparam("now", type_=DateTime(timezone=True)),
+    )
+    .columns(id=Uuid())
+)
+
+
+async def record_attempts(
     session: AsyncSession,
-    due: DueDelivery,
-    outcome: AttemptOutcome,
-    step: NextStep,
+    finished: Sequence[FinishedAttempt],
     *,
-    now: datetime,
     disable_after_failures: int,
-) -> RecordedAttempt:
-    """Write the attempt's outcome to its delivery and endpoint, in the session's transaction."""
-    values: dict[str, Any] = {
-        "status": step.status.value,
-        "next_attempt_at": step.next_attempt_at,
-        "last_attempt_at": now,
-        "status_code": outcome.status_code,
-        "latency_ms": round(outcome.latency_ms, 3),
-        "error": outcome.error,
-    }
-    if outcome.succeeded:
-        values["delivered_at"] = now
-    else:
-        values["failures"] = col(WebhookDelivery.failures) + 1
-    written = await session.execute(
-        update(WebhookDelivery)
-        .where(
-            col(WebhookDelivery.id) == due.id,
-            col(WebhookDelivery.attempts) == due.attempt,
-            col(WebhookDelivery.next_attempt_at) == due.lease_until,
+    now: datetime,
+) -> RecordedAttempts:
+    """Write attempts' outcomes to their deliveries and endpoints, in the session's transaction.
+
+    `finished` in the order the attempts ended, which is the order their failures count in.
+    """
+    written = set(
+        await session.scalars(
+            _RECORD_OUTCOMES,
+            {
+                "ids": [f.due.id for f in finished],
+                "attempts": [f.due.attempt for f in finished],
+                "leases": [f.due.lease_until for f in finished],
+                "statuses": [f.step.status.value for f in finished],
+                "next_attempts": [f.step.next_attempt_at for f in finished],
+                "ended": [f.ended_at for f in finished],
+                "status_codes": [f.outcome.status_code for f in finished],
+                "latencies": [round(f.outcome.latency_ms, 3) for f in finished],
+                "errors": [f.outcome.error for f in finished],
+                "succeeded": [f.outcome.succeeded for f in finished],
+            },
         )
-        .values(values)
-        .returning(col(WebhookDelivery.id))
     )
-    if written.first() is None:
-        return RecordedAttempt(written=False)
-    endpoint = col(WebhookEndpoint.id) == due.endpoint_id
-    if outcome.succeeded:
-        await session.execute(
-            update(WebhookEndpoint)
-            .where(endpoint, col(WebhookEndpoint.consecutive_failures) > 0)
-            .values(consecutive_failures=0)
+    kept = [f for f in finished if f.due.id in written]
+    counts = failure_counts((f.due.endpoint_id, f.outcome.succeeded) for f in kept)
+    failing: dict[UUID, DisabledReason] = {}
+    if counts:
+        counted = await session.execute(
+            _COUNT_FAILURES,
+            {
+                "ids": list(counts),
+                "restarts": [count.restart for count in counts.values()],
+                "added": [count.added for count in counts.values()],
+            },
         )
-        return RecordedAttempt(written=True)
-    failures = await session.scalar(
-        update(WebhookEndpoint)
-        .where(endpoint)
-        .values(consecutive_failures=col(WebhookEndpoint.consecutive_failures) + 1)
-        .returning(col(WebhookEndpoint.consecutive_failures))
+        for row in counted:
+            reason = failing_endpoint(row.consecutive_failures, disable_after_failures)
+            if reason is not None:
+                failing[row.id] = reason
+    for f in kept:
+        if f.step.disable_endpoint is not None:
+            failing[f.due.endpoint_id] = f.step.disable_endpoint
+    disabled: dict[UUID, DisabledReason] = {}
+    if failing:
+        disabled_ids = set(
+            await session.scalars(
+                _DISABLE,
+                {
+                    "ids": list(failing),
+                    "reasons": [reason.value for reason in failing.values()],
+                    "now": now,
+                },
+            )
+        )
+        disabled = {e: reason for e, reason in failing.items() if e in disabled_ids}
+    return RecordedAttempts(
+        lost=[f for f in finished if f.due.id not in written], disabled=disabled
     )
-    reason = step.disable_endpoint or failing_endpoint(failures or 0, disable_after_failures)
-    if reason is None:
-        return RecordedAttempt(written=True)
-    disabled = await session.execute(
-        update(WebhookEndpoint)
-        .where(endpoint, col(WebhookEndpoint.enabled))
-        .values(enabled=False, disabled_reason=reason.value, updated_at=now)
-        .returning(col(WebhookEndpoint.id))
-    )
-    return RecordedAttempt(written=True, disabled=reason if disabled.first() is not None else None)

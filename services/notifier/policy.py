@@ -8,9 +8,10 @@ often enough in a row is disabled as well, until its owner enables it again.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from uuid import UUID
 
 from ckrv.schemas.webhooks import DeliveryStatus, DisabledReason
 
@@ -66,3 +67,26 @@ def after_attempt(
 def failing_endpoint(consecutive_failures: int, limit: int) -> DisabledReason | None:
     """An endpoint is disabled once `limit` of its attempts failed in a row."""
     return DisabledReason.FAILING if consecutive_failures >= limit else None
+
+
+@dataclass(frozen=True)
+class FailureCount:
+    """How a run of attempts changes an endpoint's count of failures in a row."""
+
+    restart: bool
+    """A success among them: the count starts again, from `added`."""
+    added: int
+    """The failures after the last success (all of them, without one)."""
+
+
+def failure_counts(attempts: Iterable[tuple[UUID, bool]]) -> dict[UUID, FailureCount]:
+    """By endpoint, from attempts' `(endpoint, succeeded)` in the order they ended."""
+    counts: dict[UUID, FailureCount] = {}
+    for endpoint, succeeded in attempts:
+        before = counts.get(endpoint, FailureCount(restart=False, added=0))
+        counts[endpoint] = (
+            FailureCount(restart=True, added=0)
+            if succeeded
+            else FailureCount(before.restart, before.added + 1)
+        )
+    return counts

@@ -40,10 +40,11 @@ from ckrv.services.common.service import Service
 from ckrv.services.common.settings import CommonSettings
 from ckrv.services.notifier.deliveries import (
     DueDelivery,
+    FinishedAttempt,
     anyone_subscribed,
     claim_due,
     next_due_at,
-    record_attempt,
+    record_attempts,
     record_deliveries,
     subscribed_endpoints,
 )
@@ -60,6 +61,8 @@ CONSUMER = "notifier"
 LEASE_MARGIN_SECONDS = 5.0
 # The shortest pause between two passes that found nothing to claim, so none spins.
 MIN_PASS_INTERVAL_SECONDS = 0.01
+# Outcomes written in one transaction at most; under load they queue up while one is written.
+MAX_OUTCOMES_PER_WRITE = 500
 
 ATTEMPTS = Counter(
     "ckrv_webhook_attempts_total", "Webhook delivery attempts by outcome.", ["outcome"]
@@ -107,6 +110,7 @@ class Notifier:
         self._random = random.SystemRandom()
         self._in_flight: dict[UUID, int] = {}
         self._attempts: set[asyncio.Task[None]] = set()
+        self._outcomes: asyncio.Queue[FinishedAttempt] = asyncio.Queue()
         self.wake = asyncio.Event()
 
     # Recording deliveries --------------------------------------------------------------
@@ -141,21 +145,29 @@ class Notifier:
 
     async def deliver_until(self, stop: asyncio.Event) -> None:
         """Claim and send due deliveries until `stop`; then let the attempts in flight end."""
-        while not stop.is_set():
-            self.wake.clear()
-            pause = self._settings.poll_interval_seconds
-            try:
-                pause = await self.deliver_due()
-            except Exception:
-                logger.exception("delivery pass failed")
-            waiting = [asyncio.create_task(self.wake.wait()), asyncio.create_task(stop.wait())]
-            await asyncio.wait(waiting, timeout=pause, return_when=asyncio.FIRST_COMPLETED)
-            for task in waiting:
-                task.cancel()
-        # Cut short by the runner's shutdown timeout, an attempt's lease runs out and the
-        # next notifier sends it again.
-        if self._attempts:
-            await asyncio.wait(self._attempts)
+        recorder = asyncio.create_task(self._record_outcomes(), name="webhook outcomes")
+        try:
+            while not stop.is_set():
+                self.wake.clear()
+                pause = self._settings.poll_interval_seconds
+                try:
+                    pause = await self.deliver_due()
+                except Exception:
+                    logger.exception("delivery pass failed")
+                waiting = [
+                    asyncio.create_task(self.wake.wait()),
+                    asyncio.create_task(stop.wait()),
+                ]
+                await asyncio.wait(waiting, timeout=pause, return_when=asyncio.FIRST_COMPLETED)
+                for task in waiting:
+                    task.cancel()
+            # Cut short by the runner's shutdown timeout, an attempt's lease runs out and
+            # the next notifier sends it again.
+            if self._attempts:
+                await asyncio.wait(self._attempts)
+            await self._outcomes.join()
+        finally:
+            recorder.cancel()
 
     async def deliver_due(self) -> float:
         """Start attempts for the due deliveries there is room for; seconds until the next pass."""
@@ -204,7 +216,6 @@ class Notifier:
         remaining = self._in_flight.pop(endpoint_id) - 1
         if remaining:
             self._in_flight[endpoint_id] = remaining
-        self.wake.set()
 
     async def _attempt(self, due: DueDelivery) -> None:
         outcome = await self._send(due)
@@ -217,42 +228,51 @@ class Notifier:
             retry_delays=self._settings.retry_delays_seconds,
             jitter=self._settings.retry_jitter * self._random.uniform(-1.0, 1.0),
         )
-        context = {
-            "delivery_id": str(due.id),
-            "endpoint_id": str(due.endpoint_id),
-            "event_id": str(due.message_id),
-            "attempt": due.attempt,
-            "status_code": outcome.status_code,
-        }
-        try:
-            async with self._sessions() as session, session.begin():
-                recorded = await record_attempt(
-                    session,
-                    due,
-                    outcome,
-                    step,
-                    now=now,
-                    disable_after_failures=self._settings.disable_after_failures,
-                )
-        except Exception:
-            # The lease runs out and the delivery is sent again: at least once, not lost.
-            logger.exception("recording an attempt failed", extra=context)
-            return
-        if not recorded.written:
-            logger.info("attempt lost its lease; another attempt took over", extra=context)
-        elif not outcome.succeeded:
+        if not outcome.succeeded:
             logger.info(
                 "attempt failed",
-                extra=context
-                | {
+                extra={
+                    **_about(due),
                     "error": outcome.error,
                     "status": step.status.value,
-                    "next": step.next_attempt_at,
+                    "next_attempt_at": step.next_attempt_at,
                 },
             )
-        if recorded.disabled is not None:
-            DISABLED.labels(recorded.disabled.value).inc()
-            logger.warning("endpoint disabled", extra=context | {"reason": recorded.disabled.value})
+        self._outcomes.put_nowait(FinishedAttempt(due, outcome, step, now))
+
+    async def _record_outcomes(self) -> None:
+        """Write the attempts' outcomes as they come, many in a transaction under load."""
+        while True:
+            batch = [await self._outcomes.get()]
+            while not self._outcomes.empty() and len(batch) < MAX_OUTCOMES_PER_WRITE:
+                batch.append(self._outcomes.get_nowait())
+            try:
+                async with self._sessions() as session, session.begin():
+                    recorded = await record_attempts(
+                        session,
+                        batch,
+                        disable_after_failures=self._settings.disable_after_failures,
+                        now=utc_now(),
+                    )
+            except Exception:
+                # Their leases run out and the deliveries are sent again: at least once.
+                logger.exception("recording attempts failed", extra={"attempts": len(batch)})
+            else:
+                for lost in recorded.lost:
+                    logger.info(
+                        "attempt lost its lease; another one took over", extra=_about(lost.due)
+                    )
+                for endpoint_id, reason in recorded.disabled.items():
+                    DISABLED.labels(reason.value).inc()
+                    logger.warning(
+                        "endpoint disabled",
+                        extra={"endpoint_id": str(endpoint_id), "reason": reason.value},
+                    )
+            finally:
+                for _ in batch:
+                    self._outcomes.task_done()
+            # Retries due now, and places freed, wait for the next pass.
+            self.wake.set()
 
     async def _send(self, due: DueDelivery) -> AttemptOutcome:
         try:
@@ -278,6 +298,15 @@ class Notifier:
             "webhook-signature": signature_header(keys, message_id, timestamp, body),
         }
         return await self._sender.post(due.url, body, headers)
+
+
+def _about(due: DueDelivery) -> dict[str, object]:
+    return {
+        "delivery_id": str(due.id),
+        "endpoint_id": str(due.endpoint_id),
+        "event_id": str(due.message_id),
+        "attempt": due.attempt,
+    }
 
 
 class NotifierService(Service):

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from uuid import uuid4
 
 import pytest
 
 from ckrv.schemas.webhooks import DeliveryStatus, DisabledReason
 from ckrv.services.notifier.policy import (
     AttemptOutcome,
+    FailureCount,
     NextStep,
     after_attempt,
     failing_endpoint,
+    failure_counts,
 )
 from ckrv.services.notifier.settings import STANDARD_RETRY_DELAYS, NotifierSettings
 
@@ -89,3 +92,22 @@ def test_settings_default_to_the_standard_schedule_and_leave_room_beside_an_endp
         NotifierSettings(env="dev", max_in_flight=4, endpoint_concurrency=4)
     with pytest.raises(ValueError, match="RETRY_DELAYS_SECONDS needs one or more delays"):
         NotifierSettings(env="dev", retry_delays_seconds=(1.0, -1.0))
+
+
+def test_failures_in_a_row_count_from_the_last_success_of_each_endpoint() -> None:
+    slow, flaky, down = uuid4(), uuid4(), uuid4()
+    attempts = [
+        (flaky, False),
+        (slow, True),
+        (down, False),
+        (flaky, True),
+        (flaky, False),
+        (down, False),
+        (flaky, False),
+    ]
+    assert failure_counts(attempts) == {
+        slow: FailureCount(restart=True, added=0),
+        flaky: FailureCount(restart=True, added=2),
+        down: FailureCount(restart=False, added=2),
+    }
+    assert failure_counts([]) == {}
