@@ -92,11 +92,15 @@ def _artifacts(common: CommonSettings) -> tuple[Service, ServiceSettings]:
 
 
 def _notifier(common: CommonSettings) -> tuple[Service, ServiceSettings]:
-    from ckrv.services.notifier.service import NotifierService
+    from ckrv.services.common.event_service import EventService
+    from ckrv.services.notifier.service import notifier_work
     from ckrv.services.notifier.settings import NotifierSettings
 
     settings = NotifierSettings()
-    return NotifierService(common, settings), settings
+    return (
+        EventService("notifier", common, lambda connections: notifier_work(connections, settings)),
+        settings,
+    )
 
 
 # Every runnable service, by the name `serve` takes; the local stack starts each of them.

@@ -23,21 +23,16 @@ from uuid import UUID
 
 from nats.aio.client import Client
 from prometheus_client import Counter
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ckrv.events.catalog import JobEvent, parse_event
 from ckrv.events.consumer import ConsumerSpec, Delivery, EventConsumer
 from ckrv.events.envelope import utc_now
 from ckrv.events.history import read_job_history
-from ckrv.events.streams import provision_streams
 from ckrv.events.subjects import JOBS_STREAM, JOBS_SUBJECTS
-from ckrv.services.common.connections import connect_nats, connection_checks
-from ckrv.services.common.db import create_engine, session_factory
-from ckrv.services.common.http import ReadinessCheck
+from ckrv.services.common.event_service import Connections
 from ckrv.services.common.inbox import claim_event
 from ckrv.services.common.sealing import KeyRing, UnsealError
-from ckrv.services.common.service import Service
-from ckrv.services.common.settings import CommonSettings
 from ckrv.services.notifier.deliveries import (
     DueDelivery,
     FinishedAttempt,
@@ -112,6 +107,11 @@ class Notifier:
         self._attempts: set[asyncio.Task[None]] = set()
         self._outcomes: asyncio.Queue[FinishedAttempt] = asyncio.Queue()
         self.wake = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Follow JOBS and send what is due, until `stop`."""
+        consumer = EventConsumer(self._nc.jetstream(), notifier_spec(), parse_event, self.handle)
+        await asyncio.gather(consumer.run(stop), self.deliver_until(stop))
 
     # Recording deliveries --------------------------------------------------------------
 
@@ -309,53 +309,19 @@ def _about(due: DueDelivery) -> dict[str, object]:
     }
 
 
-class NotifierService(Service):
-    name = "notifier"
-
-    def __init__(self, common: CommonSettings, settings: NotifierSettings) -> None:
-        self._common = common
-        self._settings = settings
-        self._nats: Client | None = None
-        self._engine: AsyncEngine | None = None
-        self._sender: WebhookSender | None = None
-        self.notifier: Notifier | None = None
-
-    async def start(self) -> None:
-        self._nats = await connect_nats(self._common.nats_url, name=self.name)
-        await provision_streams(self._nats.jetstream())
-        # Every attempt records its outcome in a transaction of its own.
-        self._engine = create_engine(
-            self._common.database_url.get_secret_value(), pool_size=10, max_overflow=20
-        )
-        self._sender = WebhookSender(
-            cloud=self._settings.cloud,
-            timeout_seconds=self._settings.attempt_timeout_seconds,
-            max_connections=self._settings.max_in_flight,
-        )
-        await self._sender.open()
-        self.notifier = Notifier(
-            settings=self._settings,
-            sessions=session_factory(self._engine),
-            nc=self._nats,
-            keys=self._common.credential_key_ring(),
-            sender=self._sender,
-        )
-
-    def readiness_checks(self) -> dict[str, ReadinessCheck]:
-        return connection_checks(lambda: self._nats, lambda: self._engine)
-
-    async def run(self, stop: asyncio.Event) -> None:
-        assert self._nats is not None
-        assert self.notifier is not None
-        consumer = EventConsumer(
-            self._nats.jetstream(), notifier_spec(), parse_event, self.notifier.handle
-        )
-        await asyncio.gather(consumer.run(stop), self.notifier.deliver_until(stop))
-
-    async def close(self) -> None:
-        if self._sender is not None:
-            await self._sender.close()
-        if self._nats is not None:
-            await self._nats.drain()
-        if self._engine is not None:
-            await self._engine.dispose()
+async def notifier_work(connections: Connections, settings: NotifierSettings) -> Notifier:
+    """The notifier, on the service's connections and a pool of its own for the receivers."""
+    sender = WebhookSender(
+        cloud=settings.cloud,
+        timeout_seconds=settings.attempt_timeout_seconds,
+        max_connections=settings.max_in_flight,
+    )
+    await sender.open()
+    connections.resources.push_async_callback(sender.close)
+    return Notifier(
+        settings=settings,
+        sessions=connections.sessions,
+        nc=connections.nats,
+        keys=connections.common.credential_key_ring(),
+        sender=sender,
+    )

@@ -26,8 +26,9 @@ from sqlalchemy import text
 from ckrv.events.store import JobEventStore
 from ckrv.services.common.connections import connect_nats
 from ckrv.services.common.db import create_schema
+from ckrv.services.common.event_service import EventService
 from ckrv.services.common.settings import CommonSettings
-from ckrv.services.notifier.service import NotifierService
+from ckrv.services.notifier.service import Notifier, notifier_work
 from ckrv.services.notifier.settings import NotifierSettings
 from ckrv.services.stack.nats_server import NatsServer
 from ckrv.services.stack.ports import free_ports
@@ -121,14 +122,18 @@ async def user(webhook_stack: WebhookStack) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @asynccontextmanager
-async def running_notifier(stack: WebhookStack, **settings: Any) -> AsyncIterator[NotifierService]:
+async def running_notifier(stack: WebhookStack, **settings: Any) -> AsyncIterator[Notifier]:
     """A notifier service in this process, on the stack's servers, until the block ends."""
-    service = NotifierService(stack.common(), NotifierSettings(env="dev", **settings))
+    chosen = NotifierSettings(env="dev", **settings)
+    service = EventService(
+        "notifier", stack.common(), lambda connections: notifier_work(connections, chosen)
+    )
     await service.start()
+    assert isinstance(service.work, Notifier)
     stop = asyncio.Event()
     running = asyncio.create_task(service.run(stop))
     try:
-        yield service
+        yield service.work
     finally:
         stop.set()
         await running

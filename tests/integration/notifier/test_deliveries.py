@@ -17,7 +17,7 @@ import pytest
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from ckrv.events.consumer import Delivery
-from ckrv.services.notifier.service import NotifierService
+from ckrv.services.notifier.service import Notifier
 from tests.integration.notifier.conftest import (
     FAST,
     FAST_RETRIES,
@@ -329,7 +329,7 @@ async def test_an_event_handled_again_records_nothing_more(
 ) -> None:
     async with (
         WebhookReceiver() as receiver,
-        running_notifier(webhook_stack, **FAST) as service,
+        running_notifier(webhook_stack, **FAST) as notifier,
     ):
         hook = await add_webhook(user, receiver.url)
         job_id = await finish(webhook_stack, user)
@@ -337,8 +337,8 @@ async def test_an_event_handled_again_records_nothing_more(
         # Made after the event: an endpoint hears of what happens from then on.
         later = await add_webhook(user, receiver.url)
 
-        await handle_again(service, webhook_stack, job_id, "job.succeeded")
-        await handle_again(service, webhook_stack, job_id, "job.succeeded")
+        await handle_again(notifier, webhook_stack, job_id, "job.succeeded")
+        await handle_again(notifier, webhook_stack, job_id, "job.succeeded")
         await user.post(f"/webhooks/{hook['id']}/test")
         await receiver.wait_for(lambda: len(receiver.received) == 2, "a ping after them")
 
@@ -351,11 +351,10 @@ async def test_an_event_handled_again_records_nothing_more(
 
 
 async def handle_again(
-    service: NotifierService, stack: WebhookStack, job_id: UUID, event_type: str
+    notifier: Notifier, stack: WebhookStack, job_id: UUID, event_type: str
 ) -> None:
     """Hand the notifier an event it handled already, as JetStream redelivers one."""
-    assert service.notifier is not None
     (stored,) = [s for s in await stack.store.read(job_id) if s.event.type == event_type]
-    await service.notifier.handle(
+    await notifier.handle(
         Delivery(stored.event, stored.event.subject, stored.sequence, num_delivered=2)
     )
