@@ -46,8 +46,14 @@ class ProvisionOutcome(enum.StrEnum):
     UNCHANGED = "unchanged"
 
 
-def stream_configs(retention: StreamRetention | None = None) -> list[StreamConfig]:
-    """The desired configuration of every stream the service owns."""
+def stream_configs(
+    retention: StreamRetention | None = None, replicas: int | None = None
+) -> list[StreamConfig]:
+    """The desired configuration of every stream the service owns.
+
+    `replicas` is how many servers of a JetStream cluster keep each stream; None leaves an
+    existing stream's count as it is (and a new stream gets the server's default, 1).
+    """
     retention = retention or StreamRetention()
     return [
         _stream(
@@ -55,6 +61,7 @@ def stream_configs(retention: StreamRetention | None = None) -> list[StreamConfi
             "Job events: the source of truth for every job's state.",
             JOBS_SUBJECTS,
             retention.jobs_max_age,
+            replicas,
             # Events are history: nobody may delete or purge them through the API.
             immutable=True,
         ),
@@ -63,18 +70,26 @@ def stream_configs(retention: StreamRetention | None = None) -> list[StreamConfi
             "Job log lines, one message per line.",
             LOGS_SUBJECTS,
             retention.logs_max_age,
+            replicas,
         ),
         _stream(
             DEAD_LETTER_STREAM,
             "Messages a consumer could never handle, with the reason in headers.",
             f"{DEAD_LETTER_PREFIX}.>",
             retention.dead_letter_max_age,
+            replicas,
         ),
     ]
 
 
 def _stream(
-    name: str, description: str, subjects: str, max_age: float, *, immutable: bool = False
+    name: str,
+    description: str,
+    subjects: str,
+    max_age: float,
+    replicas: int | None,
+    *,
+    immutable: bool = False,
 ) -> StreamConfig:
     return StreamConfig(
         name=name,
@@ -85,6 +100,7 @@ def _stream(
         discard=DiscardPolicy.OLD,
         max_age=max_age,
         duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        num_replicas=replicas,
         allow_direct=True,
         deny_delete=immutable,
         deny_purge=immutable,
@@ -99,6 +115,7 @@ MANAGED_FIELDS = (
     "discard",
     "max_age",
     "duplicate_window",
+    "num_replicas",
     "allow_direct",
     "deny_delete",
     "deny_purge",
@@ -124,11 +141,11 @@ def _normalised(value: object) -> object:
 
 
 async def provision_streams(
-    js: JetStreamContext, retention: StreamRetention | None = None
+    js: JetStreamContext, retention: StreamRetention | None = None, replicas: int | None = None
 ) -> dict[str, ProvisionOutcome]:
     """Create or update every stream so it matches `stream_configs`; report what happened."""
     outcomes: dict[str, ProvisionOutcome] = {}
-    for desired in stream_configs(retention):
+    for desired in stream_configs(retention, replicas):
         assert desired.name is not None
         try:
             info = await js.stream_info(desired.name)

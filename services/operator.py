@@ -152,7 +152,8 @@ def provision() -> None:
     async def provision_all() -> None:
         nc = await connect_nats(common.nats_url, name="ckrv-cloud")
         try:
-            for stream, outcome in (await provision_streams(nc.jetstream())).items():
+            outcomes = await provision_streams(nc.jetstream(), replicas=common.stream_replicas)
+            for stream, outcome in outcomes.items():
                 print(f"{stream}: {outcome}")
         finally:
             await nc.close()

@@ -59,7 +59,7 @@ async def connected(common: CommonSettings, *, name: str) -> AsyncIterator[Conne
     async with AsyncExitStack() as resources:
         nats = await connect_nats(common.nats_url, name=name)
         resources.push_async_callback(nats.drain)
-        await provision_streams(nats.jetstream())
+        await provision_streams(nats.jetstream(), replicas=common.stream_replicas)
         engine = create_engine(common.database_url.get_secret_value())
         resources.push_async_callback(engine.dispose)
         yield Connections(

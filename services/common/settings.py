@@ -76,6 +76,13 @@ class CommonSettings(CkrvSettings):
     model_config = SettingsConfigDict(env_prefix="CKRV_", hide_input_in_errors=True)
 
     nats_url: str = dev_default("nats://127.0.0.1:4222", "NATS server URL(s), comma-separated.")
+    stream_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="Servers of the JetStream cluster that keep a copy of each stream "
+        "(3 on a 3-node cluster); the services create and update the streams with it.",
+    )
     database_url: SecretStr = dev_default(
         SecretStr("postgresql://ckrv:ckrv@127.0.0.1:5432/ckrv"),
         "PostgreSQL URL of the read model and plain-row state.",

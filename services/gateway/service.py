@@ -53,7 +53,7 @@ class GatewayService(Service):
 
     async def start(self) -> None:
         self._nats = await connect_nats(self._common.nats_url, name=self.name)
-        await provision_streams(self._nats.jetstream())
+        await provision_streams(self._nats.jetstream(), replicas=self._common.stream_replicas)
         database_url = self._common.database_url.get_secret_value()
         # No overflow connections: under a burst, opening and closing them cost more CPU than
         # waiting for a pooled one.
