@@ -1,4 +1,4 @@
-"""Runner settings (`CKRV_RUNNER_*`): which backend holds workloads, how the local one runs them."""
+"""Runner settings (`CKRV_RUNNER_*`): which backend holds workloads, and how each runs them."""
 
 from __future__ import annotations
 
@@ -10,6 +10,14 @@ from pydantic_settings import SettingsConfigDict
 
 from ckrv.events.catalog import RunnerBackend
 from ckrv.services.common.settings import CkrvSettings
+
+
+class ImagePullPolicy(StrEnum):
+    """When the kubelet pulls the worker image (Kubernetes' own words)."""
+
+    ALWAYS = "Always"
+    IF_NOT_PRESENT = "IfNotPresent"
+    NEVER = "Never"
 
 
 class SandboxMode(StrEnum):
@@ -46,4 +54,63 @@ class RunnerSettings(CkrvSettings):
         default=0.05,
         gt=0,
         description="Local runner: how often watchers and output followers look for changes.",
+    )
+    kubernetes_kubeconfig: Path | None = Field(
+        default=None,
+        description="Kubernetes runner: the kubeconfig file to reach the cluster with; none to "
+        "use the service account of the pod the service runs in (in-cluster).",
+    )
+    kubernetes_context: str | None = Field(
+        default=None,
+        description="Kubernetes runner: the kubeconfig context to use; none for its current one.",
+    )
+    kubernetes_namespace: str = Field(
+        default="ckrv-jobs",
+        pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+        description="Kubernetes runner: the namespace holding the jobs' Jobs, Pods and Secrets.",
+    )
+    kubernetes_image: str = Field(
+        default="ckrv-worker:latest",
+        min_length=1,
+        description="Kubernetes runner: the worker image every job's pod runs.",
+    )
+    kubernetes_image_pull_policy: ImagePullPolicy = Field(
+        default=ImagePullPolicy.IF_NOT_PRESENT,
+        description="Kubernetes runner: `Always`, `IfNotPresent` or `Never`.",
+    )
+    kubernetes_service_account: str = Field(
+        default="ckrv-orchestrator",
+        min_length=1,
+        description="Kubernetes runner: the service account job pods run as (its API token is "
+        "not mounted: a job needs no access to the cluster).",
+    )
+    kubernetes_run_as_user: int = Field(
+        default=10001,
+        ge=1,
+        description="Kubernetes runner: the non-root user (and group) id job pods run as; the "
+        "input files are readable by that group.",
+    )
+    kubernetes_ttl_seconds_after_finished: int = Field(
+        default=3600,
+        ge=0,
+        description="Kubernetes runner: how long Kubernetes keeps a finished Job (and its pod, "
+        "output and Secret) before deleting it, if the watcher has not collected it first.",
+    )
+    kubernetes_image_pull_limit_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="Kubernetes runner: how long a pod may fail to pull its image "
+        "(ErrImagePull, ImagePullBackOff) before its workload counts as failed.",
+    )
+    kubernetes_max_connections: int = Field(
+        default=1000,
+        ge=4,
+        description="Kubernetes runner: most connections open to the API server at once; each "
+        "followed output and each watch holds one.",
+    )
+    kubernetes_poll_interval_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="Kubernetes runner: how often `stop` and output followers look again while "
+        "they wait for a Job to go or a pod to start.",
     )
