@@ -325,10 +325,14 @@ def test_prod_runs_a_three_member_jetstream_cluster_keeping_every_stream_on_each
     assert budget["spec"]["maxUnavailable"] == 1
 
 
-def test_prod_runs_two_replicas_of_the_gateway_and_every_service() -> None:
+def test_prod_runs_two_replicas_of_every_service_but_one_log_relay() -> None:
     manifests = render("prod")
-    for service in SERVICES:
+    for service in set(SERVICES) - {"log-relay"}:
         assert named(manifests, "Deployment", service)["spec"]["replicas"] == 2, service
+    # Two log-relays would publish every line twice: one, never two even while it is replaced.
+    log_relay = named(manifests, "Deployment", "log-relay")["spec"]
+    assert log_relay.get("replicas", 1) == 1
+    assert log_relay["strategy"] == {"type": "Recreate"}
     settings = named(manifests, "ConfigMap", "ckrv-settings")["data"]
     assert settings["CKRV_ENV"] == "production"
     # No development dependency is deployed, and no secret is part of the manifests.
