@@ -4,8 +4,10 @@ JetStream cluster."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
+import os
 import re
 import subprocess
 from importlib import resources
@@ -14,7 +16,9 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 
+from ckrv.services.common.settings import CommonSettings
 from ckrv.services.gateway.identity.activation import router as activation_router
+from ckrv.services.gateway.identity.keys import generate_signing_key
 from ckrv.services.operator import SERVICES
 from ckrv.services.stack.process import find_executable
 from deploy.settings_reference import setting_variables
@@ -356,3 +360,83 @@ def test_dev_runs_postgresql_and_seaweedfs_in_the_cluster() -> None:
         assert named(manifests, "Service", service)["spec"]["selector"] == {
             "app.kubernetes.io/name": service
         }
+
+
+def production_secrets() -> dict[str, dict[str, str]]:
+    """The Secrets deploy/README.md has the operator create for `prod`, with made-up values."""
+    return {
+        "ckrv-secrets": {
+            "CKRV_DATABASE_URL": "postgresql://ckrv:password@db.example.com:5432/ckrv",
+            "CKRV_S3_ACCESS_KEY": "access",
+            "CKRV_S3_SECRET_KEY": "secret",
+            "CKRV_CREDENTIAL_KEYS": "k1:" + base64.b64encode(bytes(32)).decode(),
+        },
+        "ckrv-gateway-secrets": {
+            "signing-keys": json.dumps({"keys": [generate_signing_key()]}),
+            "session-secret": "s" * 48,
+        },
+        "ckrv-nats-credentials": {service: f"{service}password" for service in SERVICES},
+    }
+
+
+def pod_environment(
+    container: Manifest, config: dict[str, str], secrets: dict[str, dict[str, str]]
+) -> dict[str, str]:
+    """The variables Kubernetes gives the container, `$(NAME)` references expanded."""
+
+    def secret(name: str) -> dict[str, str] | None:
+        # Generated Secrets carry a hash suffix; the operator's do not.
+        return secrets.get(name, secrets.get(name.rsplit("-", 1)[0]))
+
+    environment: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            environment |= config
+        else:
+            found = secret(source["secretRef"]["name"])
+            assert found is not None, source
+            environment |= found
+    for entry in container.get("env", []):
+        if "value" in entry:
+            environment[entry["name"]] = re.sub(
+                r"\$\((\w+)\)", lambda match: environment[match[1]], entry["value"]
+            )
+            continue
+        reference = entry["valueFrom"]["secretKeyRef"]
+        value = (secret(reference["name"]) or {}).get(reference["key"])
+        assert value is not None or reference.get("optional"), entry["name"]
+        if value is not None:
+            environment[entry["name"]] = value
+    return environment
+
+
+def test_each_pod_gets_a_complete_configuration_of_its_service(
+    overlay: str, manifests: tuple[Manifest, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = named(manifests, "ConfigMap", "ckrv-settings")["data"]
+    secrets = (
+        production_secrets()
+        if overlay == "prod"
+        else {
+            secret["metadata"]["name"]: {
+                key: base64.b64decode(value).decode() for key, value in secret["data"].items()
+            }
+            for secret in of_kind(manifests, "Secret")
+        }
+    )
+    for owner, spec in pod_specs(manifests):
+        if not spec["containers"][0]["image"].startswith(("localhost/ckrv", "registry")):
+            continue
+        for container in containers(spec):
+            for variable in [name for name in os.environ if name.startswith("CKRV_")]:
+                monkeypatch.delenv(variable)
+            for variable, value in pod_environment(container, config, secrets).items():
+                monkeypatch.setenv(variable, value)
+            # What `ckrv-cloud` builds first, whatever it runs; outside dev it refuses to
+            # start on a missing or development value.
+            common = CommonSettings()
+            service = container.get("args", [None])[0]
+            assert common.nats_url.startswith(f"nats://{service or 'artifacts'}:"), owner
+            if service is not None:
+                _, settings = SERVICES[service](common)
+                assert (settings.http_host, settings.http_port) == ("0.0.0.0", 8080), owner
