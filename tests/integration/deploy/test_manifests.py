@@ -12,6 +12,7 @@ import re
 import subprocess
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -440,3 +441,19 @@ def test_each_pod_gets_a_complete_configuration_of_its_service(
             if service is not None:
                 _, settings = SERVICES[service](common)
                 assert (settings.http_host, settings.http_port) == ("0.0.0.0", 8080), owner
+
+
+def test_an_overlay_names_one_public_address_and_one_release(
+    overlay: str, manifests: tuple[Manifest, ...]
+) -> None:
+    settings = named(manifests, "ConfigMap", "ckrv-settings")["data"]
+    public_url = urlsplit(settings["CKRV_GATEWAY_PUBLIC_URL"])
+    ingress = named(manifests, "Ingress", "gateway")["spec"]
+    assert [rule["host"] for rule in ingress["rules"]] == [public_url.hostname]
+    if overlay == "prod":
+        assert public_url.scheme == "https"
+        assert ingress["tls"][0]["hosts"] == [public_url.hostname]
+    # The worker image jobs run comes from the same build as the services.
+    services_image = service_container(manifests, "gateway")["image"]
+    worker_image = settings["CKRV_RUNNER_KUBERNETES_IMAGE"]
+    assert worker_image == services_image.replace("/ckrv/services:", "/ckrv/worker:")
