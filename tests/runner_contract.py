@@ -148,6 +148,10 @@ class RunnerContract:
     """Tests any backend must pass. A subclass provides `backend_runner`: an empty runner
     of its own for each test, whose workloads the `runner` fixture deletes afterwards."""
 
+    input_file_forbidden_modes = 0o077
+    """Permissions input files must not grant. Kubernetes lets the pod's own group (its
+    fsGroup, which only the workload's user is in) read a Secret's files: 0o037 there."""
+
     @pytest.fixture
     def backend_runner(self) -> Runner:
         raise NotImplementedError("a backend's test class provides the runner")
@@ -326,7 +330,7 @@ class RunnerContract:
         assert status.state is WorkloadState.SUCCEEDED, await output_of(runner, request.name)
         seen = json.loads(await output_of(runner, request.name))
         assert seen["files"] == {name: content.decode() for name, content in files.items()}
-        assert all(mode & 0o077 == 0 for mode in seen["modes"])
+        assert all(mode & self.input_file_forbidden_modes == 0 for mode in seen["modes"])
         assert seen["greeting"] == "hello"
         assert seen["in_workspace"]
 
