@@ -141,6 +141,10 @@ def wait_for(
         time.sleep(0.1)
 
 
+def assert_succeeded(job: dict[str, Any]) -> None:
+    assert job["status"] == "succeeded", f"{job['status']}: {job['error_message']}"
+
+
 def event_types(client: httpx.Client, job_id: UUID) -> list[str]:
     events = client.get(f"/jobs/{job_id}/events").json()["events"]
     return [event["type"] for event in events]

@@ -17,6 +17,7 @@ from ckrv.services.runners.local_folder import WorkloadFolder
 from tests.integration.execution.conftest import (
     Execution,
     add_pat,
+    assert_succeeded,
     event_types,
     submit,
     wait_for,
@@ -43,8 +44,8 @@ def test_a_job_over_the_limit_waits_until_a_place_is_free(execution: Execution) 
         assert waiting["status"] == "pending"
         assert waiting["phase"] == "queued"
         assert "job.dispatched" not in event_types(client, second)
-        assert wait_for(client, first)["status"] == "succeeded"
-        assert wait_for(client, second)["status"] == "succeeded"
+        assert_succeeded(wait_for(client, first))
+        assert_succeeded(wait_for(client, second))
         assert occurred(client, second, "job.dispatched") >= occurred(
             client, first, "job.succeeded"
         )
@@ -85,7 +86,7 @@ def test_a_queued_job_is_cancelled_without_ever_running(execution: Execution) ->
         assert client.post(f"/jobs/{queued}/cancel").status_code == 202
         assert wait_for(client, queued)["status"] == "cancelled"
         assert "job.dispatched" not in event_types(client, queued)
-        assert wait_for(client, first)["status"] == "succeeded"
+        assert_succeeded(wait_for(client, first))
     assert not (execution.runner_root / workload_name(queued, 1)).exists()
 
 
