@@ -1061,6 +1061,14 @@ class SimulatedCluster:
             if (pod["metadata"].get("labels") or {}).get("job-name") == job
         ]
 
+    def waiting_reason(self, namespace: str, job: str) -> str | None:
+        """Why the container of the Job's pod waits (e.g. `ImagePullBackOff`), if it does."""
+        for pod in self.pods_of(namespace, job):
+            for container in pod.get("status", {}).get("containerStatuses") or []:
+                reason: str | None = container["state"].get("waiting", {}).get("reason")
+                return reason
+        return None
+
     def requests(self, method: str, path: str) -> list[kmock.Request]:
         """The requests the API server received for a path."""
         return [
