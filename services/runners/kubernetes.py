@@ -19,7 +19,15 @@ import json
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Iterator
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Coroutine,
+    Iterable,
+    Iterator,
+)
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -173,10 +181,7 @@ class KubernetesRunner(Runner):
 
     async def create(self, request: WorkloadRequest) -> Workload:
         batch, core = await self._batch(), await self._core()
-        with _already_there():
-            await core.create_namespaced_secret(
-                self.namespace, secret_manifest(request, self.namespace)
-            )
+        secret_created = await self._create_secret(request)
         try:
             job = await batch.create_namespaced_job(
                 self.namespace, job_manifest(request, self.template)
@@ -184,6 +189,9 @@ class KubernetesRunner(Runner):
             created, pods = True, []
         except ApiException as error:
             if error.status != 409:
+                if secret_created:  # leave nothing half-made behind
+                    with _absent_is_fine():
+                        await core.delete_namespaced_secret(request.name, self.namespace)
                 raise _runner_error(f"could not create the Job {request.name}", error) from error
             found = await self._job(request.name)
             if found is None:
@@ -202,6 +210,18 @@ class KubernetesRunner(Runner):
         if status is None:
             raise RunnerError(f"the Job {request.name} lacks the labels of a workload")
         return Workload(status=status, created=created)
+
+    async def _create_secret(self, request: WorkloadRequest) -> bool:
+        """Write the input files' Secret; False if it was there already."""
+        try:
+            await (await self._core()).create_namespaced_secret(
+                self.namespace, secret_manifest(request, self.namespace)
+            )
+        except ApiException as error:
+            if error.status == 409:
+                return False
+            raise _runner_error(f"could not create the Secret {request.name}", error) from error
+        return True
 
     # --- observing ---------------------------------------------------------------------------
 
@@ -255,7 +275,8 @@ class KubernetesRunner(Runner):
     async def watch(self) -> AsyncIterator[WorkloadStatus]:
         feed: asyncio.Queue[_Observation] = asyncio.Queue()
         followers = [
-            asyncio.create_task(self._follow(kind, feed), name=f"watch {kind}") for kind in _KINDS
+            asyncio.create_task(_reporting_failures(self._follow(kind, feed), feed))
+            for kind in _KINDS
         ]
         try:
             view = _ClusterView()
@@ -352,10 +373,12 @@ class KubernetesRunner(Runner):
     async def _output_source(self, name: str, *, wait: bool) -> _OutputSource | None:
         """The pod whose log holds the workload's output, once its container has started;
         with no pod if it never will (or not `wait`); None if there is no such workload."""
+        seen = False
         while True:
             job = await self._job(name)
             if job is None:
-                return None
+                return _OutputSource(None, ended=True) if seen else None
+            seen = True
             pod = latest_pod(await self._pods(name))
             state = container_state(pod)
             if pod is not None and state is not None and (state.running or state.terminated):
@@ -582,6 +605,17 @@ def _job_name_of(pod: V1Pod) -> str | None:
     return name
 
 
+async def _reporting_failures(
+    follow: Coroutine[Any, Any, None], feed: asyncio.Queue[_Observation]
+) -> None:
+    """Run a follower; should it fail, the watch it feeds fails with it instead of waiting."""
+    try:
+        await follow
+    except Exception as error:
+        await feed.put(_Failure(RunnerError(f"the watch failed: {error!r}")))
+        raise
+
+
 async def _pause(failures: int) -> None:
     await asyncio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS)) - 1])
 
@@ -620,15 +654,6 @@ def _new_output(
 
 
 # --- errors --------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _already_there() -> Iterator[None]:
-    try:
-        yield
-    except ApiException as error:
-        if error.status != 409:
-            raise _runner_error("the Kubernetes API refused a change", error) from error
 
 
 @contextlib.contextmanager
