@@ -79,12 +79,6 @@ def log_time(nanoseconds: int) -> str:
     return f"{whole}.{digits}Z" if digits else f"{whole}Z"
 
 
-def _log_time_nanoseconds(text: str) -> int:
-    whole, _, fraction = text.rstrip("Z").partition(".")
-    seconds = int(datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp())
-    return seconds * 1_000_000_000 + int(fraction.ljust(9, "0")[:9] or 0)
-
-
 def selects(selector: str | None, labels: Mapping[str, str]) -> bool:
     """Whether a label selector (`a`, `!a`, `a=b`, `a==b`, `a!=b`, comma-joined) matches."""
     for term in filter(None, (selector or "").split(",")):
@@ -304,14 +298,13 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             else:
                 position = int(since)
         seconds = float(request.params.get("timeoutSeconds", 3600))
+
+        def news() -> bool:
+            return self.version > position or self._watch_breaks != breaks
+
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 while True:
-                    seen = position
-
-                    def news() -> bool:
-                        return self.version > seen or self._watch_breaks != breaks  # noqa: B023
-
                     async with self._changed:
                         await self._changed.wait_for(news)
                     if self._watch_breaks != breaks:
@@ -909,8 +902,12 @@ class Kubelet:
                 message=f'container "worker" in pod "{key[1]}" is waiting to start',
             )
         since_text = request.params.get("sinceTime")
-        # The API server passes sinceTime on in whole seconds.
-        since = 0 if since_text is None else _log_time_nanoseconds(since_text) // 10**9 * 10**9
+        # The API server passes sinceTime on to the kubelet in whole seconds.
+        since = 0
+        if since_text is not None:
+            since = (
+                int(datetime.fromisoformat(since_text.replace("Z", "+00:00")).timestamp()) * 10**9
+            )
         return self._log_stream(
             run.log,
             follow=request.params.get("follow", "").lower() == "true",
@@ -924,6 +921,10 @@ class Kubelet:
         yield b""
         cuts = self._log_cuts
         sent = 0
+
+        def news() -> bool:
+            return len(log.lines) > sent or log.ended or self._log_cuts != cuts
+
         while True:
             lines = log.lines[sent:]
             sent += len(lines)
@@ -936,11 +937,6 @@ class Kubelet:
                 yield data
             if not follow or (log.ended and sent == len(log.lines)):
                 return
-            taken = sent
-
-            def news() -> bool:
-                return len(log.lines) > taken or log.ended or self._log_cuts != cuts  # noqa: B023
-
             async with log.changed:
                 await log.changed.wait_for(news)
             if self._log_cuts != cuts:
