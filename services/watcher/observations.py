@@ -122,6 +122,8 @@ def observed(  # noqa: PLR0911 - one answer per workload state
                 return []  # the dispatcher stopped it for the cancel, and records that
             return [*start, *_failure(status, finish, ended_at)]
         case WorkloadState.GONE:
+            if state.cancel_requested:
+                return []  # deleted for the cancel (how Kubernetes stops a workload)
             return lost(status, "the workload was deleted before it finished", now)
     return []
 

@@ -188,6 +188,8 @@ def test_finished_jobs_and_other_attempts_ignore_observations() -> None:
     stopped = status(WorkloadState.FAILED, reason=FailureReason.STOPPED)
     assert observed(stopped, job_in(JobStatus.CANCELLED)) == []
     assert observed(stopped, job_in(JobStatus.RUNNING, cancel_requested=True)) == []
+    deleted = status(WorkloadState.GONE)
+    assert observed(deleted, job_in(JobStatus.RUNNING, cancel_requested=True)) == []
     late = status(WorkloadState.SUCCEEDED)
     assert observed(late, job_in(JobStatus.CANCELLED), result=result()) == []
     assert observed(late, job_in(JobStatus.RETRYING), result=result()) == []
