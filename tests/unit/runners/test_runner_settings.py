@@ -30,8 +30,8 @@ def test_the_local_runner_is_built_from_ckrv_runner_variables(
     assert runner.poll_interval_seconds == 0.2
 
 
-def test_a_backend_this_version_lacks_is_refused_clearly() -> None:
-    with pytest.raises(RunnerError, match="kubernetes"):
+def test_the_kubernetes_backend_outside_a_cluster_asks_for_a_kubeconfig() -> None:
+    with pytest.raises(RunnerError, match="CKRV_RUNNER_KUBERNETES_KUBECONFIG"):
         open_runner(RunnerSettings(backend=RunnerBackend.KUBERNETES))
 
 
