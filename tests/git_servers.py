@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 import pytest
@@ -264,12 +265,21 @@ class _GitHttpHandler(BaseHTTPRequestHandler):
 
 class _GitHttpd(ThreadingHTTPServer):
     daemon_threads = True
+    # Many clones at once (jobs dispatched together) must not find the queue full.
+    request_queue_size = 128
 
-    def __init__(self, port: int, repositories: Path, token: str) -> None:
+    def __init__(self, port: int, repositories: Path, token: str, tls: ssl.SSLContext) -> None:
         super().__init__((LOOPBACK, port), _GitHttpHandler)
         self.repositories = repositories
         self.token = token
+        self.tls = tls
         self.users: list[str] = []
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # The TLS handshake in the connection's own thread: done in `accept`, one slow or
+        # broken handshake would hold up every other connection waiting behind it.
+        with self.tls.wrap_socket(request, server_side=True) as connection:
+            super().finish_request(connection, client_address)
 
 
 class GitHttpServer:
@@ -280,10 +290,9 @@ class GitHttpServer:
         self.token = f"ckrv_pat_{secrets.token_urlsafe(24)}"
         self.tls = make_tls_files(tls_dir)
         (self.port,) = free_ports(1)
-        self._httpd = _GitHttpd(self.port, repositories, self.token)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(self.tls.certificate, self.tls.key)
-        self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
+        self._httpd = _GitHttpd(self.port, repositories, self.token, context)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, name="git-http-server", daemon=True
         )
