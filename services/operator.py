@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Literal, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Literal, NoReturn, TypeVar
 
 import cyclopts
 from pydantic import ValidationError
@@ -16,6 +16,9 @@ from ckrv.services.common.logging import configure_logging
 from ckrv.services.common.service import Service, serve_process
 from ckrv.services.common.settings import CommonSettings, ServiceSettings
 from ckrv.services.stack.cli import up
+
+if TYPE_CHECKING:
+    from ckrv.services.common.event_service import Connections, Work
 
 app = cyclopts.App(name="ckrv-cloud", help="Operate Chakravarti Cloud: local stack and services.")
 app.command(up)
@@ -32,74 +35,74 @@ def _gateway(common: CommonSettings) -> tuple[Service, ServiceSettings]:
     return GatewayService(common, settings), settings
 
 
-def _dispatcher(common: CommonSettings) -> tuple[Service, ServiceSettings]:
+def _event_service(
+    name: str,
+    common: CommonSettings,
+    settings: ServiceSettings,
+    work: Callable[[Connections], Awaitable[Work]],
+) -> tuple[Service, ServiceSettings]:
+    """A service that follows the job events, with the work `work` builds."""
     from ckrv.services.common.event_service import EventService
+
+    return EventService(name, common, work), settings
+
+
+def _dispatcher(common: CommonSettings) -> tuple[Service, ServiceSettings]:
     from ckrv.services.dispatcher.service import dispatcher_work
     from ckrv.services.dispatcher.settings import DispatcherSettings
     from ckrv.services.runners.settings import RunnerSettings
 
     settings, runner = DispatcherSettings(), RunnerSettings()
-    return (
-        EventService(
-            "dispatcher", common, lambda connections: dispatcher_work(connections, settings, runner)
-        ),
+    return _event_service(
+        "dispatcher",
+        common,
         settings,
+        lambda connections: dispatcher_work(connections, settings, runner),
     )
 
 
 def _watcher(common: CommonSettings) -> tuple[Service, ServiceSettings]:
-    from ckrv.services.common.event_service import EventService
     from ckrv.services.runners.settings import RunnerSettings
     from ckrv.services.watcher.service import watcher_work
     from ckrv.services.watcher.settings import WatcherSettings
 
     settings, runner = WatcherSettings(), RunnerSettings()
-    return (
-        EventService(
-            "watcher", common, lambda connections: watcher_work(connections, settings, runner)
-        ),
-        settings,
+    return _event_service(
+        "watcher", common, settings, lambda connections: watcher_work(connections, settings, runner)
     )
 
 
 def _log_relay(common: CommonSettings) -> tuple[Service, ServiceSettings]:
-    from ckrv.services.common.event_service import EventService
     from ckrv.services.log_relay.service import log_relay_work
     from ckrv.services.log_relay.settings import LogRelaySettings
     from ckrv.services.runners.settings import RunnerSettings
 
     settings, runner = LogRelaySettings(), RunnerSettings()
-    return (
-        EventService(
-            "log-relay", common, lambda connections: log_relay_work(connections, settings, runner)
-        ),
+    return _event_service(
+        "log-relay",
+        common,
         settings,
+        lambda connections: log_relay_work(connections, settings, runner),
     )
 
 
 def _artifacts(common: CommonSettings) -> tuple[Service, ServiceSettings]:
     from ckrv.services.artifacts.service import artifacts_work
     from ckrv.services.artifacts.settings import ArtifactsSettings
-    from ckrv.services.common.event_service import EventService
 
     settings = ArtifactsSettings()
-    return (
-        EventService(
-            "artifacts", common, lambda connections: artifacts_work(connections, settings)
-        ),
-        settings,
+    return _event_service(
+        "artifacts", common, settings, lambda connections: artifacts_work(connections, settings)
     )
 
 
 def _notifier(common: CommonSettings) -> tuple[Service, ServiceSettings]:
-    from ckrv.services.common.event_service import EventService
     from ckrv.services.notifier.service import notifier_work
     from ckrv.services.notifier.settings import NotifierSettings
 
     settings = NotifierSettings()
-    return (
-        EventService("notifier", common, lambda connections: notifier_work(connections, settings)),
-        settings,
+    return _event_service(
+        "notifier", common, settings, lambda connections: notifier_work(connections, settings)
     )
 
 

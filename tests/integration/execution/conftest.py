@@ -26,6 +26,8 @@ from sqlalchemy import text
 from ckrv.services.common.db import create_schema
 from ckrv.services.common.event_service import Connections, connected
 from ckrv.services.common.settings import DEVELOPMENT_CREDENTIAL_KEYS, CommonSettings
+from ckrv.services.dispatcher.service import Dispatcher
+from ckrv.services.dispatcher.settings import DispatcherSettings
 from ckrv.services.runners.local import LocalRunner
 from ckrv.services.stack.nats_server import NatsServer
 from ckrv.services.stack.ports import free_ports
@@ -93,6 +95,19 @@ async def in_process(execution: Execution, s3: SeaweedServer) -> AsyncIterator[C
     )
     async with connected(common, name="in-process-service") as connections:
         yield connections
+
+
+def dispatcher_in_process(
+    execution: Execution, connections: Connections, runner: LocalRunner
+) -> Dispatcher:
+    """A dispatcher built as the module's is, on `runner`."""
+    return Dispatcher(
+        common=connections.common,
+        settings=DispatcherSettings(workload_env=execution.git.client_environment),
+        sessions=connections.sessions,
+        store=connections.store,
+        runner=runner,
+    )
 
 
 def submit(

@@ -11,14 +11,13 @@ from uuid import UUID
 
 import pytest
 
-from ckrv.services.dispatcher.service import Dispatcher
-from ckrv.services.dispatcher.settings import DispatcherSettings
 from ckrv.services.runners.base import Workload, WorkloadRequest
 from ckrv.services.runners.local import LocalRunner
 from ckrv.services.stack.seaweed_server import SeaweedServer
 from tests.integration.execution.conftest import (
     Execution,
     add_pat,
+    dispatcher_in_process,
     in_process,
     submit,
     wait_for,
@@ -44,13 +43,7 @@ async def crashed_dispatch(execution: Execution, s3: SeaweedServer, job_id: UUID
     """What a dispatcher does for `job_id` up to creating its workload, where it dies."""
     runner = execution.runner(DiesAfterCreating)
     async with in_process(execution, s3) as connections:
-        dispatcher = Dispatcher(
-            common=connections.common,
-            settings=DispatcherSettings(workload_env=execution.git.client_environment),
-            sessions=connections.sessions,
-            store=connections.store,
-            runner=runner,
-        )
+        dispatcher = dispatcher_in_process(execution, connections, runner)
         await dispatcher.enqueue(job_id)
         with pytest.raises(asyncio.CancelledError):
             await dispatcher.admit()

@@ -6,8 +6,6 @@ import asyncio
 
 import pytest
 
-from ckrv.services.dispatcher.service import Dispatcher
-from ckrv.services.dispatcher.settings import DispatcherSettings
 from ckrv.services.runners.base import Workload, WorkloadRequest, WorkloadState
 from ckrv.services.runners.local import LocalRunner
 from ckrv.services.stack.seaweed_server import SeaweedServer
@@ -16,6 +14,7 @@ from ckrv.services.watcher.settings import WatcherSettings
 from tests.integration.execution.conftest import (
     Execution,
     add_pat,
+    dispatcher_in_process,
     event_types,
     in_process,
     submit,
@@ -47,13 +46,7 @@ async def test_a_workload_that_never_starts_is_lost_and_its_job_runs_again(
                 client, execution.repository(), ["echo again > AGAIN.md"], credential=credential
             )
             async with in_process(execution, s3_server) as connections:
-                stuck = Dispatcher(
-                    common=connections.common,
-                    settings=DispatcherSettings(workload_env=execution.git.client_environment),
-                    sessions=connections.sessions,
-                    store=connections.store,
-                    runner=execution.runner(NeverStarts),
-                )
+                stuck = dispatcher_in_process(execution, connections, execution.runner(NeverStarts))
                 await stuck.enqueue(job_id)
                 assert await stuck.admit() == 1
                 async with execution.runner() as runner:
