@@ -292,9 +292,6 @@ class GitHttpServer:
         (self.port,) = free_ports(1)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(self.tls.certificate, self.tls.key)
-        # Under load git's GnuTLS now and then refused this server's TLS 1.3 handshake
-        # ("An unexpected TLS packet was received"); TLS 1.2 is all the tests need.
-        context.maximum_version = ssl.TLSVersion.TLSv1_2
         self._httpd = _GitHttpd(self.port, repositories, self.token, context)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, name="git-http-server", daemon=True
