@@ -1,9 +1,10 @@
 """Real git servers on loopback for the tests, and sample repositories for them to serve.
 
 - `GitHttpServer`: git's smart HTTP protocol (`git http-backend`, run as CGI) behind a small
-  threaded HTTPS server that wants HTTP basic auth with its access token as the password (any
-  user name, as GitHub takes). Its certificate comes from a CA of its own: give git
-  `client_environment` (`GIT_SSL_CAINFO`) to trust it.
+  threaded HTTPS server in a process of its own (`tests.git_https_backend`) that wants HTTP
+  basic auth with its access token as the password (any user name, as GitHub takes). Its
+  certificate comes from a CA of its own: give git `client_environment` (`GIT_SSL_CAINFO`) to
+  trust it.
 - `GitSshServer`: OpenSSH's `sshd` with a configuration, host key and authorized key of its
   own in a temporary folder, letting in the current user with a generated deploy key only
   (`apt-get install openssh-server` provides it; tests that need it are skipped without it).
@@ -16,7 +17,6 @@ import them into a conftest.py to use them. Tests using them must be marked `int
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime
 import getpass
 import ipaddress
@@ -25,14 +25,11 @@ import secrets
 import shutil
 import ssl
 import subprocess
+import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
-from urllib.parse import unquote
 
 import pytest
 from cryptography import x509
@@ -43,6 +40,7 @@ from cryptography.x509.oid import NameOID
 from ckrv.services.stack.ports import free_ports
 from ckrv.services.stack.process import Supervised
 from tests.conftest import run_on_private_loop
+from tests.git_https_backend import FAILURES_FILE
 from tests.unit.cli.git_repos import git
 
 LOOPBACK = "127.0.0.1"
@@ -168,139 +166,27 @@ def make_tls_files(folder: Path) -> TlsFiles:
     return files
 
 
-def _cgi_response(output: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
-    """Split a CGI program's output into status, headers and body."""
-    for separator in (b"\r\n\r\n", b"\n\n"):
-        head, found, body = output.partition(separator)
-        if found:
-            break
-    else:
-        head, body = output, b""
-    status, headers = 200, []
-    for line in head.decode("latin-1").splitlines():
-        name, _, value = line.partition(":")
-        if name.lower() == "status":
-            status = int(value.split()[0])
-        else:
-            headers.append((name, value.strip()))
-    return status, headers, body
+class GitHttpServer(Supervised):
+    """Git over HTTPS with basic auth, serving the bare repositories under `repositories`.
 
+    The server runs in a process of its own (`tests.git_https_backend`); its log, with a
+    traceback for every failed connection, is `state_dir/git-https.log`.
+    """
 
-class _GitHttpHandler(BaseHTTPRequestHandler):
-    server: _GitHttpd
-
-    def do_GET(self) -> None:
-        self._serve()
-
-    def do_POST(self) -> None:
-        self._serve()
-
-    def log_message(self, format: str, *args: object) -> None:
-        """Quiet: git clients make many requests."""
-
-    def _user(self) -> str | None:
-        """The user name of a request whose password is the token; None otherwise."""
-        scheme, _, encoded = self.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "basic":
-            return None
-        try:
-            user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
-        except ValueError:
-            return None
-        return user if secrets.compare_digest(password, self.server.token) else None
-
-    def _body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
-            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        chunks = []
-        while size := int(self.rfile.readline().split(b";")[0], 16):
-            chunks.append(self.rfile.read(size))
-            self.rfile.readline()
-        while self.rfile.readline().strip():  # trailers, up to the empty line
-            pass
-        return b"".join(chunks)
-
-    def _serve(self) -> None:
-        user = self._user()
-        if user is None:
-            self.send_response(401)
-            self.send_header("WWW-Authenticate", 'Basic realm="git"')
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        self.server.users.append(user)
-        body = self._body()
-        path, _, query = self.path.partition("?")
-        environment = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "GIT_CONFIG_NOSYSTEM": "1",
-            "GIT_PROJECT_ROOT": str(self.server.repositories),
-            "GIT_HTTP_EXPORT_ALL": "1",
-            "REQUEST_METHOD": self.command,
-            "PATH_INFO": unquote(path),
-            "QUERY_STRING": query,
-            "CONTENT_TYPE": self.headers.get("Content-Type", ""),
-            "CONTENT_LENGTH": str(len(body)),
-            "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", ""),
-            "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
-            "REMOTE_USER": user,
-            "REMOTE_ADDR": self.client_address[0],
-        }
-        backend = subprocess.run(
-            ["git", "http-backend"],
-            input=body,
-            env=environment,
-            capture_output=True,
-            check=False,
-            timeout=60,
-        )
-        status, headers, payload = _cgi_response(backend.stdout)
-        self.send_response(status)
-        for name, value in headers:
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-
-class _GitHttpd(ThreadingHTTPServer):
-    daemon_threads = True
-    # Many clones at once (jobs dispatched together) must not find the queue full.
-    request_queue_size = 128
-
-    def __init__(self, port: int, repositories: Path, token: str, tls: ssl.SSLContext) -> None:
-        super().__init__((LOOPBACK, port), _GitHttpHandler)
-        self.repositories = repositories
-        self.token = token
-        self.tls = tls
-        self.users: list[str] = []
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        # The TLS handshake in the connection's own thread: done in `accept`, one slow or
-        # broken handshake would hold up every other connection waiting behind it.
-        with self.tls.wrap_socket(request, server_side=True) as connection:
-            super().finish_request(connection, client_address)
-
-
-class GitHttpServer:
-    """Git over HTTPS with basic auth, serving the bare repositories under `repositories`."""
-
-    def __init__(self, repositories: Path, tls_dir: Path) -> None:
+    def __init__(self, repositories: Path, state_dir: Path) -> None:
+        super().__init__("git-https", state_dir / "git-https.log")
         self.repositories = repositories
         self.token = f"ckrv_pat_{secrets.token_urlsafe(24)}"
-        self.tls = make_tls_files(tls_dir)
+        self.tls = make_tls_files(state_dir)
         (self.port,) = free_ports(1)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.tls.certificate, self.tls.key)
-        self._httpd = _GitHttpd(self.port, repositories, self.token, context)
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="git-http-server", daemon=True
-        )
+        self._users_path = state_dir / "users"
+        self._users_path.touch()
+        self._probe_context = ssl.create_default_context(cafile=self.tls.ca_certificate)
 
     @property
     def users(self) -> list[str]:
         """The user names of the requests let in so far."""
-        return self._httpd.users
+        return self._users_path.read_text().splitlines()
 
     @property
     def client_environment(self) -> dict[str, str]:
@@ -311,13 +197,33 @@ class GitHttpServer:
         """The https URL of a bare repository under `repositories`."""
         return f"https://{LOOPBACK}:{self.port}/{repository.relative_to(self.repositories)}"
 
-    def start(self) -> None:
-        self._thread.start()
+    def fail_next_requests(self, repository: Path, count: int) -> None:
+        """Answer the next `count` requests for `repository` with 503 Service Unavailable."""
+        (repository / FAILURES_FILE).write_text(str(count))
 
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "tests.git_https_backend"]
+
+    def environment(self) -> dict[str, str]:
+        return {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+            "GIT_HTTPS_PORT": str(self.port),
+            "GIT_HTTPS_ROOT": str(self.repositories),
+            "GIT_HTTPS_TOKEN": self.token,
+            "GIT_HTTPS_CERTIFICATE": str(self.tls.certificate),
+            "GIT_HTTPS_KEY": str(self.tls.key),
+            "GIT_HTTPS_USERS": str(self._users_path),
+        }
+
+    async def is_ready(self) -> bool:
+        reader, writer = await asyncio.open_connection(LOOPBACK, self.port, ssl=self._probe_context)
+        try:
+            writer.write(b"GET / HTTP/1.0\r\n\r\n")
+            status_line = await reader.readline()
+        finally:
+            writer.close()
+        return status_line.startswith(b"HTTP/1.0 401")
 
 
 def find_sshd() -> Path | None:
@@ -416,14 +322,14 @@ def git_repositories() -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def git_http_server(git_repositories: Path) -> Iterator[GitHttpServer]:
     """Git over HTTPS with basic auth (`.token` is the password), for the session."""
-    tls_dir = Path(tempfile.mkdtemp(prefix="ckrv-git-tls-"))
-    server = GitHttpServer(git_repositories, tls_dir)
-    server.start()
+    state_dir = Path(tempfile.mkdtemp(prefix="ckrv-git-https-"))
+    server = GitHttpServer(git_repositories, state_dir)
+    run_on_private_loop(server.start())
     try:
         yield server
     finally:
-        server.stop()
-        shutil.rmtree(tls_dir, ignore_errors=True)
+        run_on_private_loop(server.stop())
+        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,9 @@ says do not depend on the image it runs in. Every command is bounded by the job'
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,28 @@ AUTHOR_EMAIL = "jobs@ckrv.dev"
 _MAX_MESSAGE_CHARACTERS = 1000
 # Inherited variables git may keep: where to find the CA certificates of an https server.
 _INHERITED_GIT_VARIABLES = frozenset({"GIT_SSL_CAINFO", "GIT_SSL_CAPATH"})
+# Pauses before the second and third try of a clone that failed on the way, not on its merits.
+CLONE_RETRY_DELAYS_SECONDS = (1.0, 4.0)
+# Git's and curl's words (LC_ALL=C) for a failure of the connection or of the server, which
+# another try may not meet; refusals (authentication, missing repository) are not among them.
+_TRANSIENT_CLONE_FAILURES = (
+    "RPC failed",
+    "gnutls_handshake() failed",
+    "SSL_ERROR_SYSCALL",
+    "unexpected TLS packet",
+    "Connection reset by peer",
+    "Connection timed out",
+    "Operation timed out",
+    "Failed to connect to",
+    "the remote end hung up unexpectedly",
+    "early EOF",
+    "The requested URL returned error: 500",
+    "The requested URL returned error: 502",
+    "The requested URL returned error: 503",
+    "The requested URL returned error: 504",
+    "kex_exchange_identification",
+    "Connection closed by remote host",
+)
 
 _CONFIG = f"""\
 [user]
@@ -65,6 +89,11 @@ def git_environment(config_file: Path, inherited: Mapping[str, str]) -> dict[str
         LC_ALL="C",
     )
     return environment
+
+
+def is_transient_clone_failure(stderr: str) -> bool:
+    """Whether a failed clone may succeed when tried again: the network or the server failed."""
+    return any(failure in stderr for failure in _TRANSIENT_CLONE_FAILURES)
 
 
 @dataclass(frozen=True)
@@ -117,33 +146,48 @@ class Git:
         *,
         access: Mapping[str, str],
         allow_local: bool,
+        on_retry: Callable[[str], None],
+        retry_delays: Sequence[float] = CLONE_RETRY_DELAYS_SECONDS,
     ) -> Repository:
-        """Clone `branch` of `url` alone; `JobFailure` if refused, unreachable or missing."""
+        """Clone `branch` of `url` alone; `JobFailure` if refused, unreachable or missing.
+
+        A clone that fails on the way (a dropped connection, a server error) is tried again
+        after each of `retry_delays`, telling `on_retry` why, as long as the deadline allows.
+        """
         try:
             validate_repository_url(url, allow_local=allow_local)
         except GitInputError as error:
             raise JobFailure("clone_refused", f"cannot clone {url}: {error}") from error
-        cloned = self.run(
-            "clone",
-            "--quiet",
-            "--no-tags",
-            "--single-branch",
-            "--branch",
-            branch,
-            "--",
-            url,
-            str(destination),
-            cwd=destination.parent,
-            extra_environment=access,
-        )
-        if cloned.returncode != 0:
+        for delay in (*retry_delays, None):
+            cloned = self.run(
+                "clone",
+                "--quiet",
+                "--no-tags",
+                "--single-branch",
+                "--branch",
+                branch,
+                "--",
+                url,
+                str(destination),
+                cwd=destination.parent,
+                extra_environment=access,
+            )
+            if cloned.returncode == 0:
+                return Repository(self, destination)
             # Under LC_ALL=C this is git's wording for a branch the remote does not have.
             if f"Remote branch {branch} not found" in cloned.stderr:
                 raise JobFailure(
                     "branch_not_found", f"the repository {url} has no branch {branch!r}"
                 )
-            raise JobFailure("clone_failed", f"cannot clone {url}: {git_message(cloned.stderr)}")
-        return Repository(self, destination)
+            message = f"cannot clone {url}: {git_message(cloned.stderr)}"
+            if delay is None or not is_transient_clone_failure(cloned.stderr):
+                break
+            if self.deadline.remaining() <= delay:
+                break
+            on_retry(f"{message}; trying again in {delay:g} s")
+            shutil.rmtree(destination, ignore_errors=True)
+            time.sleep(delay)
+        raise JobFailure("clone_failed", message)
 
 
 class Repository:

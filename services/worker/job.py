@@ -154,6 +154,7 @@ def run_job(
             workspace.repo,
             access=access,
             allow_local=job.allow_local_repository,
+            on_retry=log.warning,
         )
     base_commit = repository.head()
     repository.create_branch(job.feature_branch)

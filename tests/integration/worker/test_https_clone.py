@@ -214,6 +214,7 @@ def test_a_wrong_pat_fails_the_clone_without_showing_the_token(
     assert run.exit_code == 1, run.stdout
     assert run.final["reason"] == "clone_failed"
     assert "Authentication failed" in run.final["message"]
+    assert not [line for line in run.lines if line["level"] == "warning"]  # not tried again
     assert git_http_server.url_for(sample.path) in run.final["message"]
     assert wrong_token not in run.stdout + run.stderr
     assert run.phases == ["cloning"]
@@ -243,3 +244,59 @@ def test_a_missing_base_branch_fails_the_job_naming_it(
     assert run.final["message"] == (
         f"the repository {git_http_server.url_for(sample.path)} has no branch 'release/2.0'"
     )
+
+
+def test_a_clone_the_server_fails_on_the_way_is_tried_again(
+    git_http_server: GitHttpServer, git_repositories: Path, uploads: Uploads, tmp_path: Path
+) -> None:
+    sample = create_sample_repository(git_repositories, f"flaky-{uploads.job_id.hex[:8]}")
+    git_http_server.fail_next_requests(sample.path, 2)
+    job = make_job(
+        job_id=uploads.job_id,
+        git_repo_url=git_http_server.url_for(sample.path),
+        spec_content=spec_text(["echo ok > OK.txt"]),
+        upload_urls=uploads.urls,
+        credential={"provider": "github", "credential_type": "pat"},
+    )
+
+    run = run_worker(
+        job,
+        tmp_path,
+        credential=git_http_server.token,
+        environment=git_http_server.client_environment,
+    )
+
+    assert run.exit_code == 0, run.stdout + run.stderr
+    retries = [line["message"] for line in run.lines if line["level"] == "warning"]
+    assert len(retries) == 2, retries
+    assert all("returned error: 503" in retry for retry in retries)
+    assert retries[0].endswith("trying again in 1 s")
+    assert retries[1].endswith("trying again in 4 s")
+    assert "+++ b/OK.txt" in uploads.read("diff.patch").decode()
+
+
+def test_a_server_that_keeps_failing_fails_the_clone_after_three_tries(
+    git_http_server: GitHttpServer, git_repositories: Path, uploads: Uploads, tmp_path: Path
+) -> None:
+    sample = create_sample_repository(git_repositories, f"down-{uploads.job_id.hex[:8]}")
+    git_http_server.fail_next_requests(sample.path, 3)
+    job = make_job(
+        job_id=uploads.job_id,
+        git_repo_url=git_http_server.url_for(sample.path),
+        spec_content=spec_text(["echo never > NEVER.md"]),
+        upload_urls=uploads.urls,
+        credential={"provider": "github", "credential_type": "pat"},
+    )
+
+    run = run_worker(
+        job,
+        tmp_path,
+        credential=git_http_server.token,
+        environment=git_http_server.client_environment,
+    )
+
+    assert run.exit_code == 1, run.stdout
+    assert run.final["reason"] == "clone_failed"
+    assert "returned error: 503" in run.final["message"]
+    assert len([line for line in run.lines if line["level"] == "warning"]) == 2
+    assert uploads.stored() == set()
