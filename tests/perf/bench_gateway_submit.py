@@ -16,12 +16,14 @@ them, a general HTTP client would take CPU from it and add its own delays.
   latency cannot meet both targets at once: with 50 requests always in flight,
   the mean latency is 50 / throughput, 167 ms at 300/s.)
 - One client: 200 submissions one after the other, latency with no queueing.
-- Projection lag, in PostgreSQL on `jobs.last_sequence`: during the
-  target-rate run, for every tenth submission from the moment its POST returned
-  (its `job.submitted` event acknowledged by JetStream) until the projector has
-  folded that event into the row; then, with the gateway idle, for 200
-  `job.cancel-requested` events appended through the event store as another
-  service would, from just before each append until the row shows its sequence.
+- Projection lag, in PostgreSQL on `jobs.last_sequence`: in a second run at the
+  target rate (LAG_SUBMISSIONS, apart from the latency run because the sampler's
+  polling loads the same two cores), for every tenth submission from the moment
+  its POST returned (its `job.submitted` event acknowledged by JetStream) until
+  the projector has folded that event into the row; then, with the gateway idle,
+  for 200 `job.cancel-requested` events appended through the event store as
+  another service would, from just before each append until the row shows its
+  sequence.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from tests.running_gateway import RunningGateway
 
 CLIENTS = 50
 SUBMISSIONS = 2_000
+LAG_SUBMISSIONS = 1_000
 WARM_UP_PER_CLIENT = 2
 SEQUENTIAL_SUBMISSIONS = 200
 LAG_SAMPLE_EVERY = 10
@@ -132,11 +135,12 @@ async def closed_loop(clients: list[Submitter]) -> tuple[float, list[float]]:
 
 
 async def at_target_rate(
-    clients: list[Submitter], sampler: LagSampler
+    clients: list[Submitter], submissions: int, sampler: LagSampler | None = None
 ) -> tuple[float, list[float], list[UUID]]:
-    """SUBMISSIONS offered at THROUGHPUT_TARGET/s: (elapsed, latencies from due time, job ids)."""
+    """`submissions` offered at THROUGHPUT_TARGET/s: (elapsed, latencies from due time, job
+    ids); every LAG_SAMPLE_EVERY-th job watched by `sampler` if given."""
     interval = len(clients) / THROUGHPUT_TARGET
-    per_client = SUBMISSIONS // len(clients)
+    per_client = submissions // len(clients)
     latencies: list[float] = []
     job_ids: list[UUID] = []
     started = time.perf_counter()
@@ -149,7 +153,7 @@ async def at_target_rate(
             job_id, returned = await submit(client)
             latencies.append(returned - due)
             job_ids.append(job_id)
-            if len(job_ids) % LAG_SAMPLE_EVERY == 0:
+            if sampler is not None and len(job_ids) % LAG_SAMPLE_EVERY == 0:
                 sampler.watch(job_id, returned)
 
     await asyncio.gather(*(sender(index, client) for index, client in enumerate(clients)))
@@ -229,10 +233,13 @@ async def measure(gateway: RunningGateway, nats_url: str, dsn: str) -> list[Figu
         await wait_until_projected(connection)
         cpu_per_submission = (process_cpu_seconds(gateway.pid) - cpu_before) / len(saturated)
 
+        paced_elapsed, paced, job_ids = await at_target_rate(clients, SUBMISSIONS)
+        await wait_until_projected(connection)
+
         sampler = LagSampler(connection)
         done = asyncio.Event()
         sampling = asyncio.create_task(sampler.run(done))
-        paced_elapsed, paced, job_ids = await at_target_rate(clients, sampler)
+        await at_target_rate(clients, LAG_SUBMISSIONS, sampler)
         done.set()
         await sampling
         await wait_until_projected(connection)
@@ -280,6 +287,7 @@ async def run() -> BenchmarkResult:
         parameters={
             "clients": CLIENTS,
             "submissions_per_phase": SUBMISSIONS,
+            "lag_phase_submissions": LAG_SUBMISSIONS,
             "offered_rate": THROUGHPUT_TARGET,
             "sequential_submissions": SEQUENTIAL_SUBMISSIONS,
             "spec_bytes": len(SPEC.encode()),
