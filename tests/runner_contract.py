@@ -146,7 +146,9 @@ async def output_of(runner: Runner, name: str, offset: int = 0, *, follow: bool 
 
 class RunnerContract:
     """Tests any backend must pass. A subclass provides `backend_runner`: an empty runner
-    of its own for each test, whose workloads the `runner` fixture deletes afterwards."""
+    of its own for each test, whose workloads the `runner` fixture deletes afterwards; and
+    `input_files_present`, which tells whether a workload's secret input files are still
+    kept where the backend keeps them."""
 
     input_file_forbidden_modes = 0o077
     """Permissions input files must not grant. Kubernetes lets the pod's own group (its
@@ -155,6 +157,10 @@ class RunnerContract:
     @pytest.fixture
     def backend_runner(self) -> Runner:
         raise NotImplementedError("a backend's test class provides the runner")
+
+    @pytest.fixture
+    def input_files_present(self, backend_runner: Runner) -> Callable[[str], bool]:
+        raise NotImplementedError("a backend's test class tells where it keeps input files")
 
     @pytest.fixture
     async def runner(self, backend_runner: Runner) -> AsyncIterator[Runner]:
@@ -333,6 +339,33 @@ class RunnerContract:
         assert all(mode & self.input_file_forbidden_modes == 0 for mode in seen["modes"])
         assert seen["greeting"] == "hello"
         assert seen["in_workspace"]
+
+    async def test_released_inputs_are_gone_and_the_workload_stays(
+        self, runner: Runner, input_files_present: Callable[[str], bool]
+    ) -> None:
+        files = {"credential": b"s3cret"}
+        done = python_request("print('done')", input_files=files)
+        await runner.create(done)
+        ended = await finished(runner, done.name)
+        async with Gate() as gate:
+            waiting = python_request(f"{gate.wait_code()}print('after')", input_files=files)
+            await runner.create(waiting)
+            await gate.arrival()
+            assert input_files_present(waiting.name)
+
+            # Twice over, and for a workload that never was: no errors.
+            for name in (done.name, waiting.name, done.name, workload_name(uuid4(), 1)):
+                await runner.release_input(name)
+
+            assert not input_files_present(done.name)
+            assert not input_files_present(waiting.name)
+            assert await runner.get(done.name) == ended
+            assert await output_of(runner, done.name) == b"done\n"
+            # A workload already running goes on with what it read.
+            await gate.open()
+            status = await finished(runner, waiting.name)
+        assert status.state is WorkloadState.SUCCEEDED
+        assert await output_of(runner, waiting.name) == b"after\n"
 
     async def test_list_shows_every_workload(self, runner: Runner) -> None:
         first = python_request("pass")

@@ -246,6 +246,16 @@ class Runner(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def release_input(self, name: str) -> None:
+        """Remove the workload's secret input files now: its job has ended and needs them no more.
+
+        The workload itself stays, its status and output readable (the log-relay may still be
+        reading), until it is deleted or collected. The worker reads its inputs as it starts,
+        so one that has not started by then may fail to. Releasing again, or releasing an
+        unknown workload, is not an error.
+        """
+
+    @abc.abstractmethod
     async def delete(self, name: str) -> None:
         """Remove the workload with its inputs and output, killing it first if it runs.
 

@@ -1,13 +1,13 @@
 """The `kubernetes` runner: each workload a batch/v1 Job with a Secret of input files.
 
 `create` writes the Secret, then the Job (`kubernetes_objects.job_manifest`), then
-makes the Job the Secret's owner so that the Secret goes when the Job goes. The
-Job controller makes one pod; its container runs the command. Everything else
-reads the cluster: statuses from the Job and its newest pod, output from the pod's
-log, changes from a list-then-watch of Jobs and pods. Stopping and deleting both
-delete the Job with foreground propagation: Kubernetes removes its pods (SIGTERM,
-then SIGKILL after the grace period) before the Job itself, and a pod not started
-yet never starts.
+makes the Job the Secret's owner so that the Secret goes when the Job goes, unless
+`release_input` deleted it first, when the job ended. The Job controller makes one
+pod; its container runs the command. Everything else reads the cluster: statuses
+from the Job and its newest pod, output from the pod's log, changes from a
+list-then-watch of Jobs and pods. Stopping and deleting both delete the Job with
+foreground propagation: Kubernetes removes its pods (SIGTERM, then SIGKILL after
+the grace period) before the Job itself, and a pod not started yet never starts.
 """
 
 from __future__ import annotations
@@ -449,13 +449,19 @@ class KubernetesRunner(Runner):
             return
         await self._remove(name, grace_seconds)
 
+    async def release_input(self, name: str) -> None:
+        if not _WORKLOAD_NAME.match(name):
+            return
+        # A running pod keeps the files it mounted; only the API's copy goes.
+        with _absent_is_fine():
+            await (await self._core()).delete_namespaced_secret(name, self.namespace)
+
     async def delete(self, name: str) -> None:
         if not _WORKLOAD_NAME.match(name):
             return
         await self._remove(name, 0)
         # Normally the Job's to collect; not when the creator died before naming the owner.
-        with _absent_is_fine():
-            await (await self._core()).delete_namespaced_secret(name, self.namespace)
+        await self.release_input(name)
 
     async def _remove(self, name: str, grace: float) -> None:
         """Delete the Job, its pods after `grace`, and wait until Kubernetes has removed them."""

@@ -382,7 +382,7 @@ class LocalRunner(Runner):
                 return False
             record = folder.read_status()
             if record.supervisor_pid is None:
-                shutil.rmtree(folder.input_dir, ignore_errors=True)
+                folder.remove_input()
                 folder.write_status(
                     record.finished(
                         WorkloadState.FAILED,
@@ -391,6 +391,13 @@ class LocalRunner(Runner):
                     )
                 )
             return record.supervisor_pid is None
+
+    async def release_input(self, name: str) -> None:
+        try:
+            folder = self._folder(name)
+        except WorkloadNotFound:
+            return
+        folder.remove_input()
 
     async def delete(self, name: str) -> None:
         try:

@@ -10,6 +10,7 @@
   supervisor.log   the supervisor's own errors
   output.log       the workload's stdout and stderr
   input/           the secret input files (0700, files 0600), removed when the command ends
+                   or its job does, whichever is first
   workspace/       the command's working folder and HOME
   tmp/             its TMPDIR when not sandboxed (a sandbox has a private /tmp)
 ```
@@ -28,6 +29,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -176,6 +178,10 @@ class WorkloadFolder:
 
     def read_launch_plan(self) -> LaunchPlan:
         return LaunchPlan.from_json(json.loads(self.launch_path.read_bytes()))
+
+    def remove_input(self) -> None:
+        """Remove the secret input files; nothing to do if they are gone already."""
+        shutil.rmtree(self.input_dir, ignore_errors=True)
 
     def request_stop(self, grace_seconds: float) -> None:
         write_json_atomically(self.stop_path, {"grace_seconds": grace_seconds})

@@ -119,7 +119,7 @@ class Supervisor:
         reason: FailureReason | None = None,
         message: str | None = None,
     ) -> None:
-        shutil.rmtree(self.folder.input_dir, ignore_errors=True)
+        self.folder.remove_input()
         self._record(
             self.record.finished(state, exit_code=exit_code, reason=reason, message=message)
         )

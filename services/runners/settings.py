@@ -93,8 +93,9 @@ class RunnerSettings(CkrvSettings):
     kubernetes_ttl_seconds_after_finished: int = Field(
         default=3600,
         ge=0,
-        description="Kubernetes runner: how long Kubernetes keeps a finished Job (and its pod, "
-        "output and Secret) before deleting it, if the watcher has not collected it first.",
+        description="Kubernetes runner: how long Kubernetes keeps a finished Job (and its pod "
+        "and output) before deleting it, if the watcher has not collected it first; the "
+        "watcher deletes the job's Secret as soon as the job ends.",
     )
     kubernetes_image_pull_limit_seconds: float = Field(
         default=300.0,

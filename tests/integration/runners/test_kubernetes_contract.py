@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from ckrv.services.runners.kubernetes import KubernetesRunner
-from tests.kubelet import SimulatedCluster, cluster
+from tests.kubelet import SECRETS, SimulatedCluster, cluster
 from tests.runner_contract import RunnerContract
 
 pytestmark = pytest.mark.integration
@@ -21,3 +21,11 @@ class TestKubernetesRunner(RunnerContract):
     async def backend_runner(self, cluster: SimulatedCluster) -> AsyncIterator[KubernetesRunner]:
         async with cluster.runner() as runner:
             yield runner
+
+    @pytest.fixture
+    def input_files_present(
+        self, cluster: SimulatedCluster, backend_runner: KubernetesRunner
+    ) -> Callable[[str], bool]:
+        return lambda name: (
+            cluster.emulator.find(SECRETS, backend_runner.namespace, name) is not None
+        )
