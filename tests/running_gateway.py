@@ -68,11 +68,20 @@ class RunningGateway:
 
 
 def gateway_process(
-    *, nats_url: str, database_url: str, log_dir: Path, switches: dict[str, str] | None = None
+    *,
+    nats_url: str,
+    database_url: str,
+    log_dir: Path,
+    switches: dict[str, str] | None = None,
+    signing_jwks: str | None = None,
 ) -> tuple[ServiceProcess, RunningGateway]:
-    """A gateway on free ports with a fresh signing key; not started yet."""
+    """A gateway on a free port; not started yet.
+
+    It signs with a fresh key unless given `signing_jwks`: replicas of one deployment
+    share their keys, so each accepts the others' tokens.
+    """
     (port,) = free_ports(1)
-    signing_jwks = json.dumps({"keys": [generate_signing_key()]})
+    signing_jwks = signing_jwks or json.dumps({"keys": [generate_signing_key()]})
     process = ServiceProcess(
         "gateway",
         port=port,

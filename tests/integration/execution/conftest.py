@@ -4,6 +4,8 @@ The module's services get a nats-server and a database of their own (on the
 session's PostgreSQL), so the session's other jobs never reach this dispatcher,
 and the session's SeaweedFS for results. Workloads run `ckrv-worker` on the local
 runner, sandboxed when bubblewrap is there, and clone from the session's git servers.
+`started_execution` builds such a stack with any services, each as several
+replicas behind several gateways (the scale tests' deployment).
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ import asyncio
 import json
 import shutil
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 from uuid import UUID, uuid4
 
 import httpx
@@ -28,6 +30,7 @@ from ckrv.services.common.event_service import Connections, connected
 from ckrv.services.common.settings import DEVELOPMENT_CREDENTIAL_KEYS, CommonSettings
 from ckrv.services.dispatcher.service import Dispatcher
 from ckrv.services.dispatcher.settings import DispatcherSettings
+from ckrv.services.gateway.identity.keys import generate_signing_key
 from ckrv.services.runners.local import LocalRunner
 from ckrv.services.stack.nats_server import NatsServer
 from ckrv.services.stack.ports import free_ports
@@ -42,24 +45,40 @@ from tests.git_servers import (
     git_repositories,
     git_ssh_server,
 )
-from tests.running_gateway import RunningGateway, started_gateway
+from tests.running_gateway import RunningGateway, gateway_process
 
 __all__ = ["git_http_server", "git_repositories", "git_ssh_server"]
 
 TERMINAL = {"succeeded", "failed", "timeout", "cancelled"}
 
 
+LocalRunnerKind = TypeVar("LocalRunnerKind", bound=LocalRunner)
+
+# What the execution tests run beside the gateway.
+EXECUTION_SERVICES = ("dispatcher", "watcher", "log-relay")
+
+
 @dataclass
 class Execution:
     """The module's services, and what tests need to drive them as users do."""
 
-    gateway: RunningGateway
+    gateways: list[RunningGateway]
     nats_url: str
     database_url: str
     runner_root: Path
-    services: dict[str, ServiceProcess]
+    replicas: dict[str, list[ServiceProcess]]
+    """Every process by service name, the gateways' under `gateway`."""
     git: GitHttpServer
     repositories: Path
+
+    @property
+    def gateway(self) -> RunningGateway:
+        return self.gateways[0]
+
+    @property
+    def services(self) -> dict[str, ServiceProcess]:
+        """The first replica of each service."""
+        return {name: processes[0] for name, processes in self.replicas.items()}
 
     def client(self, tier: str = "pro") -> httpx.Client:
         """An API client of a new user of `tier`."""
@@ -75,8 +94,12 @@ class Execution:
         sample = create_sample_repository(self.repositories, f"sample-{uuid4().hex[:8]}")
         return self.git.url_for(sample.path)
 
+    @overload
+    def runner(self) -> LocalRunner: ...
+    @overload
+    def runner(self, kind: type[LocalRunnerKind]) -> LocalRunnerKind: ...
     def runner(self, kind: type[LocalRunner] = LocalRunner) -> LocalRunner:
-        """A runner over the module's workloads, set up as the module's services are."""
+        """A runner (of `kind`) over the module's workloads, set up as the module's services are."""
         return kind(self.runner_root, sandbox_read_only_paths=[self.git.tls.ca_certificate.parent])
 
 
@@ -183,6 +206,85 @@ def execution_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@asynccontextmanager
+async def started_execution(
+    base: Path,
+    postgres: PostgresServer,
+    s3: SeaweedServer,
+    git: GitHttpServer,
+    repositories: Path,
+    *,
+    services: Sequence[str] = EXECUTION_SERVICES,
+    replicas: int = 1,
+    gateways: int = 1,
+    settings: Mapping[str, str] | None = None,
+) -> AsyncIterator[Execution]:
+    """A nats-server and a database of their own, `gateways` gateways and `replicas` of each
+    of `services` on them, with `settings` (`CKRV_*` variables) over the module's own."""
+    port, monitor_port = free_ports(2)
+    nats = NatsServer(base / "nats", port=port, monitor_port=monitor_port)
+    await nats.start()
+    database = f"execution_{uuid4().hex[:12]}"
+    async with postgres.connect("postgres") as connection:
+        await connection.execute(text(f'CREATE DATABASE "{database}"'))
+    database_url = postgres.dsn.rsplit("/", 1)[0] + f"/{database}"
+    await create_schema(database_url)
+    runner_root = base / "runner"
+    environment = {
+        **connection_environment(nats, postgres, s3, credential_keys=DEVELOPMENT_CREDENTIAL_KEYS),
+        "CKRV_DATABASE_URL": database_url,
+        "CKRV_RUNNER_ROOT": str(runner_root),
+        # The git server's certificate is signed by the session's own CA.
+        "CKRV_DISPATCHER_WORKLOAD_ENV": json.dumps(git.client_environment),
+        "CKRV_RUNNER_SANDBOX_READ_ONLY_PATHS": json.dumps([str(git.tls.ca_certificate.parent)]),
+        "CKRV_WATCHER_RECONCILE_INTERVAL_SECONDS": "1",
+        **(settings or {}),
+    }
+    # One folder of logs per replica: the processes of a service share its log's name.
+    log_dirs = [base / "services" / f"replica-{number}" for number in range(1, replicas + 1)]
+    gateway_dirs = [base / "services" / f"gateway-{number}" for number in range(1, gateways + 1)]
+    # Replicas of one deployment share the keys that sign their tokens.
+    signing_jwks = json.dumps({"keys": [generate_signing_key()]})
+    # The gateways on the services' connections: they serve the results the services stored.
+    fronts = [
+        gateway_process(
+            nats_url=nats.url,
+            database_url=database_url,
+            log_dir=log_dir,
+            switches=environment,
+            signing_jwks=signing_jwks,
+        )
+        for log_dir in gateway_dirs
+    ]
+    processes = {
+        "gateway": [process for process, _ in fronts],
+        **{
+            name: [service_process(name, log_dir, environment) for log_dir in log_dirs]
+            for name in services
+        },
+    }
+    everything = [process for replicas_of in processes.values() for process in replicas_of]
+    try:
+        # The gateways first: they make the streams the services' consumers follow.
+        await asyncio.gather(*(process.start() for process in processes["gateway"]))
+        await asyncio.gather(*(process.start() for name in services for process in processes[name]))
+        yield Execution(
+            [running for _, running in fronts],
+            nats.url,
+            database_url,
+            runner_root,
+            processes,
+            git,
+            repositories,
+        )
+    finally:
+        await asyncio.gather(*(process.stop() for process in everything))
+        # Workloads outlive the services by design; the tests' must not outlive the tests.
+        async with LocalRunner(runner_root) as runner:
+            await asyncio.gather(*(runner.delete(status.name) for status in await runner.list()))
+        await nats.stop()
+
+
 @pytest.fixture(scope="module")
 async def execution(
     execution_dir: Path,
@@ -191,52 +293,7 @@ async def execution(
     git_http_server: GitHttpServer,
     git_repositories: Path,
 ) -> AsyncIterator[Execution]:
-    port, monitor_port = free_ports(2)
-    nats = NatsServer(execution_dir / "nats", port=port, monitor_port=monitor_port)
-    await nats.start()
-    database = f"execution_{uuid4().hex[:12]}"
-    async with postgres_server.connect("postgres") as connection:
-        await connection.execute(text(f'CREATE DATABASE "{database}"'))
-    database_url = postgres_server.dsn.rsplit("/", 1)[0] + f"/{database}"
-    await create_schema(database_url)
-    runner_root = execution_dir / "runner"
-    environment = {
-        **connection_environment(
-            nats, postgres_server, s3_server, credential_keys=DEVELOPMENT_CREDENTIAL_KEYS
-        ),
-        "CKRV_DATABASE_URL": database_url,
-        "CKRV_RUNNER_ROOT": str(runner_root),
-        # The git server's certificate is signed by the session's own CA.
-        "CKRV_DISPATCHER_WORKLOAD_ENV": json.dumps(git_http_server.client_environment),
-        "CKRV_RUNNER_SANDBOX_READ_ONLY_PATHS": json.dumps(
-            [str(git_http_server.tls.ca_certificate.parent)]
-        ),
-        "CKRV_WATCHER_RECONCILE_INTERVAL_SECONDS": "1",
-    }
-    services = {
-        name: service_process(name, execution_dir / "services", environment)
-        for name in ("dispatcher", "watcher", "log-relay")
-    }
-    try:
-        # The gateway on the services' connections: it serves the results they stored.
-        async with started_gateway(
-            nats_url=nats.url, database_url=database_url, switches=environment
-        ) as gateway:
-            for service in services.values():
-                await service.start()
-            yield Execution(
-                gateway,
-                nats.url,
-                database_url,
-                runner_root,
-                services,
-                git_http_server,
-                git_repositories,
-            )
-    finally:
-        for service in services.values():
-            await service.stop()
-        # Workloads outlive the services by design; the tests' must not outlive the tests.
-        async with LocalRunner(runner_root) as runner:
-            await asyncio.gather(*(runner.delete(status.name) for status in await runner.list()))
-        await nats.stop()
+    async with started_execution(
+        execution_dir, postgres_server, s3_server, git_http_server, git_repositories
+    ) as execution:
+        yield execution
