@@ -7,7 +7,9 @@ label selectors, uids and creation times, finalizers for propagation policies an
 graceful pod deletion. `SimulatedCluster` runs it on a loopback port with a Job
 controller, a garbage collector, and a `Kubelet` that runs each pod's command as a
 local process (its Secret's files in a temporary folder), moves the pod through its
-phases, serves its log, and kills it when the pod is deleted.
+phases, serves its log, and kills it when the pod is deleted. An image may instead name
+a `Program`, a coroutine the kubelet runs in place of a process: load tests run a
+thousand pods that way, where a thousand processes would measure the machine instead.
 
 Tests steer the cluster the way a real one misbehaves: hold pods before they start,
 make an image unpullable, OOM-kill or evict a pod, forget watch history (410), drop
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import contextvars
 import copy
 import os
 import re
@@ -26,12 +29,12 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 from uuid import uuid4
 
 import kmock
@@ -64,6 +67,9 @@ _GONE = {
     },
 }
 _READ_BYTES = 64 * 1024
+_HANDLED: contextvars.ContextVar[kmock.Request | None] = contextvars.ContextVar(
+    "handled", default=None
+)
 
 
 def api_time(moment: datetime | None = None) -> str:
@@ -221,7 +227,22 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 self._complete_new_object(request)
             elif request.action == kmock.action.DELETE and request.name is not None:
                 await self._prepare_deletion(request)
-        return await super()._handle(request)
+        handled = _HANDLED.set(request)
+        try:
+            return await super()._handle(request)
+        finally:
+            _HANDLED.reset(handled)
+
+    def __iter__(self) -> Iterator[kmock.Request]:
+        # kmock finds the reactions that match a request by looking for it among all the
+        # requests served so far, once per reaction: quadratic in the requests, which a
+        # thousand jobs make slow. While a request is handled, it is all there is to look at.
+        # (Reactions for a slice of the requests, `[:n]`, would need the whole history.)
+        handled = _HANDLED.get()
+        if handled is not None:
+            yield handled
+        else:
+            yield from super().__iter__()
 
     def _complete_new_object(self, request: kmock.Request) -> None:
         metadata = request.data.setdefault("metadata", {})
@@ -585,6 +606,99 @@ class PodLog:
             self.changed.notify_all()
 
 
+Program = Callable[[Mapping[str, str], PodLog], Coroutine[Any, Any, int]]
+"""A container the kubelet runs as a coroutine: given its environment (mount paths made
+local folders) and its log, it writes the log and returns the exit code."""
+
+
+class Container(Protocol):
+    """A started container, whether a process or a `Program`."""
+
+    @property
+    def returncode(self) -> int | None:
+        """Its exit code once it ended; minus the signal's number if a signal ended it."""
+
+    async def wait(self) -> int: ...
+
+    def terminate(self) -> None:
+        """SIGTERM to its main process."""
+
+    def kill(self) -> None:
+        """SIGKILL to everything in it."""
+
+    async def close(self) -> None:
+        """Once its main process ended: end the rest of it, and take the last of its output."""
+
+
+class _ProcessContainer:
+    def __init__(self, process: asyncio.subprocess.Process, log: PodLog) -> None:
+        assert process.stdout is not None
+        self._process = process
+        self._reader = asyncio.create_task(_read_lines(process.stdout, log))
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.returncode
+
+    async def wait(self) -> int:
+        return await self._process.wait()
+
+    def terminate(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self._process.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._process.pid, signal.SIGKILL)
+
+    async def close(self) -> None:
+        # When the main process ends, the container ends: nothing else in it survives.
+        self.kill()
+        await self._reader
+
+
+class _ProgramContainer:
+    def __init__(self, program: Coroutine[Any, Any, int], log: PodLog) -> None:
+        self._log = log
+        self._signal: int | None = None
+        self._code: int | None = None
+        self._task = asyncio.create_task(self._run(program))
+
+    async def _run(self, program: Coroutine[Any, Any, int]) -> None:
+        try:
+            self._code = await program
+        except asyncio.CancelledError:
+            if self._signal is None:  # not stopped as a container: the loop is closing
+                raise
+            self._code = -self._signal
+        except Exception as error:  # a crash, as a process would print it and exit with 1
+            await self._log.add(f"{type(error).__name__}: {error}\n".encode())
+            self._code = 1
+
+    @property
+    def returncode(self) -> int | None:
+        return self._code
+
+    async def wait(self) -> int:
+        await asyncio.wait({self._task})
+        assert self._code is not None
+        return self._code
+
+    def _stop(self, signal_number: int) -> None:
+        if not self._task.done() and self._signal is None:
+            self._signal = signal_number
+            self._task.cancel()
+
+    def terminate(self) -> None:
+        self._stop(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._stop(signal.SIGKILL)
+
+    async def close(self) -> None:
+        await self.wait()
+
+
 @dataclass
 class PodRun:
     """The kubelet's record of one pod."""
@@ -593,7 +707,7 @@ class PodRun:
     name: str
     log: PodLog | None = None
     """Set once its container started."""
-    process: asyncio.subprocess.Process | None = None
+    container: Container | None = None
     terminate: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when the pod is deleted."""
     killed_for: str | None = None
@@ -603,13 +717,15 @@ class PodRun:
 
 
 class Kubelet:
-    """Runs pods as local processes (see the module)."""
+    """Runs pods as local processes, or as `Program`s (see the module)."""
 
     def __init__(self, emulator: ClusterEmulator, api: Api, root: Path) -> None:
         self.emulator = emulator
         self.api = api
         self.root = root
         self.unpullable_images: set[str] = set()
+        self.programs: dict[str, Program] = {}
+        """The images whose container runs as a `Program` instead of its command."""
         self.started: list[str] = []
         """Names of the pods whose container started, in order."""
         self.runs: dict[tuple[str, str], PodRun] = {}
@@ -642,9 +758,9 @@ class Kubelet:
 
     def _kill_for(self, namespace: str, pod: str, reason: str) -> None:
         run = self.runs[namespace, pod]
-        assert run.process is not None, f"pod {pod} runs no process"
+        assert run.container is not None, f"pod {pod} runs no container"
         run.killed_for = reason
-        _kill_group(run.process, signal.SIGKILL)
+        run.container.kill()
 
     async def cut_log_streams(self) -> None:
         """End every log stream being followed, as a broken connection would."""
@@ -672,13 +788,13 @@ class Kubelet:
                 run = self.runs[key]
                 run.terminate.set()
                 run.grace_changed.set()
-                if kind == "DELETED" and run.process is not None:
-                    _kill_group(run.process, signal.SIGKILL)
+                if kind == "DELETED" and run.container is not None:
+                    run.container.kill()
 
     async def stop(self) -> None:
         for run in self.runs.values():
-            if run.process is not None and run.process.returncode is None:
-                _kill_group(run.process, signal.SIGKILL)
+            if run.container is not None and run.container.returncode is None:
+                run.container.kill()
         for worker in list(self._workers):
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
@@ -795,16 +911,22 @@ class Kubelet:
         env |= {item["name"]: local(item.get("value", "")) for item in container.get("env") or []}
         command = [*container.get("command", []), *container.get("args", [])]
         started_at = api_time()
+        log = PodLog()
+        program = self.programs.get(container["image"])
         try:
-            run.process = await asyncio.create_subprocess_exec(
-                *command,
-                cwd=local(container.get("workingDir", "/")),
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
+            if program is not None:
+                run.container = _ProgramContainer(program(env, log), log)
+            else:
+                process = await asyncio.create_subprocess_exec(
+                    *command,
+                    cwd=local(container.get("workingDir", "/")),
+                    env=env,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                )
+                run.container = _ProcessContainer(process, log)
         except OSError as error:
             state = {
                 "terminated": {
@@ -819,7 +941,7 @@ class Kubelet:
                 run, {"phase": "Failed", "containerStatuses": [_container_status(container, state)]}
             )
             return False
-        run.log = PodLog()
+        run.log = log
         self.started.append(run.name)
         state = {"running": {"startedAt": started_at}}
         await self._status(
@@ -834,17 +956,12 @@ class Kubelet:
         return True
 
     async def _supervise(self, run: PodRun, container: dict[str, Any]) -> None:
-        process, log = run.process, run.log
-        assert process is not None
-        assert process.stdout is not None
-        assert log is not None
-        reader = asyncio.create_task(_read_lines(process.stdout, log))
-        if not await _either(process.wait(), run.terminate.wait()):
-            await self._terminate(run)
-        # When the main process ends, the container ends: nothing else in it survives.
-        _kill_group(process, signal.SIGKILL)
-        await reader
-        code = process.returncode
+        running = run.container
+        assert running is not None
+        if not await _either(running.wait(), run.terminate.wait()):
+            await self._terminate(running, run)
+        await running.close()
+        code = running.returncode
         assert code is not None
         exit_code = code if code >= 0 else 128 - code
         reason = "Completed" if exit_code == 0 else "Error"
@@ -866,27 +983,24 @@ class Kubelet:
             status |= {"reason": "Evicted", "message": "The node was low on resource: memory."}
         await self._status(run, status)
 
-    async def _terminate(self, run: PodRun) -> None:
+    async def _terminate(self, container: Container, run: PodRun) -> None:
         """SIGTERM to the container's main process; SIGKILL to all of it after the grace period
         (which a second deletion may shorten)."""
-        process = run.process
-        assert process is not None
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
+        container.terminate()
         loop = asyncio.get_running_loop()
         asked_at = loop.time()
-        while process.returncode is None:
+        while container.returncode is None:
             pod = self.emulator.find(PODS, run.namespace, run.name)
             grace = pod["metadata"].get("deletionGracePeriodSeconds", 0) if pod else 0
             run.grace_changed.clear()
             remaining = asked_at + grace - loop.time()
             if remaining <= 0:
-                _kill_group(process, signal.SIGKILL)
-                await process.wait()
+                container.kill()
+                await container.wait()
                 return
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(remaining):
-                    await _either(process.wait(), run.grace_changed.wait())
+                    await _either(container.wait(), run.grace_changed.wait())
 
     # --- logs --------------------------------------------------------------------------------
 
@@ -964,11 +1078,6 @@ async def _read_lines(stream: asyncio.StreamReader, log: PodLog) -> None:
             await log.add(line + b"\n")
     if pending:
         await log.add(pending)
-
-
-def _kill_group(process: asyncio.subprocess.Process, signal_number: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal_number)
 
 
 async def _either(first: Any, second: Any) -> bool:
