@@ -5,6 +5,8 @@ dispatcher's own state, not a projection, so admission never waits on another
 service's read model. `choose_admissions` is the pure rule over those rows: each
 user's jobs start in the order they were queued (FIFO), and free places go round
 the users in turn, so one user's hundred queued jobs do not hold back another's one.
+A job being dispatched has a lease (`dispatch_leases`) held by the replica making
+its workload; another replica finishes the dispatch only once the lease ran out.
 """
 
 from __future__ import annotations
@@ -41,6 +43,16 @@ class Admission(SQLModel, table=True):
     state: str = Field(max_length=20)
     queued_at: datetime = Field(sa_type=DateTime(timezone=True), nullable=False)
     workload_name: str | None = Field(default=None, max_length=100)
+
+
+class DispatchLease(SQLModel, table=True):
+    """A dispatcher's hold on a job it is making the workload of: the others leave it alone
+    until `expires_at`, after which the dispatcher is taken to have died."""
+
+    __tablename__ = "dispatch_leases"
+
+    job_id: UUID = Field(primary_key=True)
+    expires_at: datetime = Field(sa_type=DateTime(timezone=True), nullable=False)
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,10 @@ It follows JOBS through its durable consumer:
 Admission (woken by those events, and every few seconds) picks the queued jobs that
 may start (`admission.choose_admissions`) and dispatches each: it claims the attempt
 by appending `job.dispatched` first, then creates the workload under its deterministic
-name. A dispatcher that dies in between leaves the row `dispatching`; the next one
-finishes the dispatch, and the runner answers the existing workload instead of
-starting a second.
+name. Replicas take turns at admission (it locks every row), and each dispatch is
+leased to the replica that started it. A dispatcher that dies in between leaves the
+row `dispatching`; once its lease runs out another one finishes the dispatch, and the
+runner answers the existing workload instead of starting a second.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from ckrv.services.dispatcher.admission import (
     Admission,
     AdmissionState,
     Candidate,
+    DispatchLease,
     choose_admissions,
 )
 from ckrv.services.dispatcher.settings import DispatcherSettings
@@ -208,6 +210,7 @@ class Dispatcher:
     async def _release(self, job_id: UUID) -> None:
         async with self._sessions() as session, session.begin():
             await session.execute(delete(Admission).where(col(Admission.job_id) == job_id))
+            await session.execute(delete(DispatchLease).where(col(DispatchLease.job_id) == job_id))
 
     # Cancelling -------------------------------------------------------------------------
 
@@ -232,31 +235,59 @@ class Dispatcher:
     # Admission and dispatch -------------------------------------------------------------
 
     async def admit(self) -> int:
-        """Dispatch the queued jobs that may start now, and unfinished dispatches; how many."""
+        """Dispatch the queued jobs that may start now, and abandoned dispatches; how many."""
         async with self._admitting:
+            now = datetime.now(UTC)
             async with self._sessions() as session, session.begin():
                 rows = list(await session.scalars(select(Admission).with_for_update()))
                 chosen = set(choose_admissions(map(Candidate.of, rows), self._settings.capacity))
-                unfinished = {row.job_id for row in rows if row.state == AdmissionState.DISPATCHING}
+                dispatching = {
+                    row.job_id for row in rows if row.state == AdmissionState.DISPATCHING
+                }
+                # A dispatch another replica is still at is left to it: taken over only
+                # once that replica's lease ran out (it died, or never finished).
+                leased = set(
+                    await session.scalars(
+                        select(col(DispatchLease.job_id)).where(
+                            col(DispatchLease.job_id).in_(dispatching),
+                            col(DispatchLease.expires_at) > now,
+                        )
+                    )
+                )
+                taken = chosen | (dispatching - leased)
                 if chosen:
                     await session.execute(
                         update(Admission)
                         .where(col(Admission.job_id).in_(chosen))
                         .values(state=AdmissionState.DISPATCHING.value)
                     )
+                if taken:
+                    await self._lease(session, taken, now)
             attempts = {row.job_id: row.attempt for row in rows}
-            await asyncio.gather(
-                *(self._dispatch(job_id, attempts[job_id]) for job_id in chosen | unfinished)
+            await asyncio.gather(*(self._dispatch(job_id, attempts[job_id]) for job_id in taken))
+            return len(taken)
+
+    async def _lease(self, session: AsyncSession, job_ids: set[UUID], now: datetime) -> None:
+        expires_at = now + timedelta(seconds=self._settings.dispatch_lease_seconds)
+        statement = insert(DispatchLease).values(
+            [{"job_id": job_id, "expires_at": expires_at} for job_id in sorted(job_ids)]
+        )
+        await session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[col(DispatchLease.job_id)],
+                set_={"expires_at": statement.excluded.expires_at},
             )
-            return len(chosen | unfinished)
+        )
 
     async def _dispatch(self, job_id: UUID, attempt: int) -> None:
         try:
             async with self._lock(job_id):
                 await self._dispatch_locked(job_id, attempt)
         except Exception:
-            # The row stays `dispatching`: the next admission pass tries again.
+            # The row stays `dispatching`: the next admission pass, of any replica, tries again.
             logger.exception("dispatch failed", extra={"job_id": str(job_id)})
+        async with self._sessions() as session, session.begin():
+            await session.execute(delete(DispatchLease).where(col(DispatchLease.job_id) == job_id))
 
     async def _dispatch_locked(self, job_id: UUID, attempt: int) -> None:
         state = (await self._store.load(job_id)).state

@@ -56,3 +56,10 @@ class DispatcherSettings(ServiceSettings):
         gt=0,
         description="How often admission runs without being woken by an event.",
     )
+    dispatch_lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a dispatch (the claim, then the workload's creation) is left to "
+        "the replica that started it; after that another replica finishes it, as the first "
+        "one may have died. Longer than a workload takes to create.",
+    )

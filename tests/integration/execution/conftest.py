@@ -56,6 +56,7 @@ LocalRunnerKind = TypeVar("LocalRunnerKind", bound=LocalRunner)
 
 # What the execution tests run beside the gateway.
 EXECUTION_SERVICES = ("dispatcher", "watcher", "log-relay")
+DISPATCH_LEASE_SECONDS = 2.0
 
 
 @dataclass
@@ -126,7 +127,10 @@ def dispatcher_in_process(
     """A dispatcher built as the module's is, on `runner`."""
     return Dispatcher(
         common=connections.common,
-        settings=DispatcherSettings(workload_env=execution.git.client_environment),
+        settings=DispatcherSettings(
+            workload_env=execution.git.client_environment,
+            dispatch_lease_seconds=DISPATCH_LEASE_SECONDS,
+        ),
         sessions=connections.sessions,
         store=connections.store,
         runner=runner,
@@ -238,6 +242,8 @@ async def started_execution(
         "CKRV_DISPATCHER_WORKLOAD_ENV": json.dumps(git.client_environment),
         "CKRV_RUNNER_SANDBOX_READ_ONLY_PATHS": json.dumps([str(git.tls.ca_certificate.parent)]),
         "CKRV_WATCHER_RECONCILE_INTERVAL_SECONDS": "1",
+        # A dispatch left by a dispatcher that died is finished this soon by another.
+        "CKRV_DISPATCHER_DISPATCH_LEASE_SECONDS": f"{DISPATCH_LEASE_SECONDS:g}",
         **(settings or {}),
     }
     # One folder of logs per replica: the processes of a service share its log's name.

@@ -1,0 +1,101 @@
+"""Two dispatchers at once: moments the scale test cannot aim at, made to happen in order.
+
+The stack's own dispatcher is stopped; two dispatchers in the test's process play
+the replicas, one of them held inside the workload's creation by its runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import httpx
+import pytest
+from sqlalchemy import select
+from sqlmodel import col
+
+from ckrv.services.common.event_service import Connections
+from ckrv.services.dispatcher.admission import Admission
+from ckrv.services.runners.base import Workload, WorkloadRequest, WorkloadState
+from ckrv.services.runners.local import LocalRunner
+from ckrv.services.stack.seaweed_server import SeaweedServer
+from tests.integration.execution.conftest import (
+    Execution,
+    add_pat,
+    dispatcher_in_process,
+    in_process,
+    submit,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+
+class HeldInCreate(LocalRunner):
+    """A runner that stops inside `create`, before the workload exists, until `resume`."""
+
+    def __init__(self, root: Path, **options: Any) -> None:
+        super().__init__(root, **options)
+        self.creating = asyncio.Event()
+        self.resume = asyncio.Event()
+
+    async def create(self, request: WorkloadRequest) -> Workload:
+        self.creating.set()
+        await self.resume.wait()
+        return await super().create(request)
+
+
+@asynccontextmanager
+async def without_the_stack_dispatcher(
+    execution: Execution, s3: SeaweedServer
+) -> AsyncIterator[Connections]:
+    """The stack's dispatcher stopped for the block; connections for the test's own."""
+    dispatcher = execution.services["dispatcher"]
+    await dispatcher.stop()
+    try:
+        async with in_process(execution, s3) as connections:
+            yield connections
+    finally:
+        await dispatcher.start()
+
+
+async def admission_rows(connections: Connections, job_id: UUID) -> list[tuple[int, str]]:
+    async with connections.sessions() as session:
+        rows = await session.scalars(select(Admission).where(col(Admission.job_id) == job_id))
+        return [(row.attempt, row.state) for row in rows]
+
+
+async def workload_states(execution: Execution, job_id: UUID) -> list[WorkloadState]:
+    async with execution.runner() as runner:
+        return [status.state for status in await runner.list() if status.job_id == job_id]
+
+
+def new_job(client: httpx.Client, execution: Execution, script: list[str]) -> UUID:
+    credential = add_pat(client, execution.git.token)
+    return submit(client, execution.repository(), script, credential=credential)
+
+
+async def test_a_dispatch_in_progress_is_left_to_the_replica_that_started_it(
+    execution: Execution, s3_server: SeaweedServer
+) -> None:
+    with execution.client() as client:
+        async with without_the_stack_dispatcher(execution, s3_server) as connections:
+            job_id = new_job(client, execution, ["echo once > ONCE.md"])
+            held = execution.runner(HeldInCreate)
+            first = dispatcher_in_process(execution, connections, held)
+            second = dispatcher_in_process(execution, connections, execution.runner())
+            await first.enqueue(job_id)
+            admitting = asyncio.create_task(first.admit())
+            await held.creating.wait()
+
+            assert await second.admit() == 0
+
+            held.resume.set()
+            assert await admitting == 1
+        job = await asyncio.to_thread(wait_for, client, job_id)
+    assert job["status"] == "succeeded", job["error_message"]
+    assert await workload_states(execution, job_id) == [WorkloadState.SUCCEEDED]
