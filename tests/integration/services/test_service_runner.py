@@ -135,10 +135,17 @@ def test_sigterm_while_waiting_for_a_dependency_stops_at_once() -> None:
             "CKRV_GATEWAY_HTTP_PORT": str(http_port),
         }
     )
-    time.sleep(2)
+    # Signalled once it is waiting: its first attempt to reach NATS has failed.
+    assert process.stdout is not None
+    seen = ""
+    while "NATS error" not in seen:
+        line = process.stdout.readline()
+        assert line, f"the gateway ended before trying NATS: {seen}"
+        seen += line
     started = time.monotonic()
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=10)
+    output = seen + output
     assert process.returncode == 0, output
     assert time.monotonic() - started < 5
     assert "stopped while starting" in output
