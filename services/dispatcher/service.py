@@ -29,7 +29,14 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
-from ckrv.events.catalog import JobCancelRequested, JobEvent, JobRetried, JobSubmitted, parse_event
+from ckrv.events.catalog import (
+    JobCancelRequested,
+    JobEvent,
+    JobLost,
+    JobRetried,
+    JobSubmitted,
+    parse_event,
+)
 from ckrv.events.consumer import ConsumerSpec, Delivery, EventConsumer
 from ckrv.events.envelope import Event
 from ckrv.events.state import (
@@ -140,6 +147,10 @@ class Dispatcher:
                 await self.enqueue(event.job_id)
             case JobCancelRequested():
                 await self.cancel(event.job_id)
+            case JobLost():
+                # Only the lost attempt's place: its retry may hold the row already (another
+                # replica handled `job.retried` first, or this loss is a late redelivery).
+                await self._release(event.job_id, attempt=event.data.attempt)
             case _:
                 await self._release(event.job_id)
         self.wake.set()
@@ -207,10 +218,16 @@ class Dispatcher:
         async with self._sessions() as session, session.begin():
             await session.execute(statement)
 
-    async def _release(self, job_id: UUID) -> None:
+    async def _release(self, job_id: UUID, *, attempt: int | None = None) -> None:
+        """Free the job's place; given an `attempt`, only if no later attempt holds it."""
+        freed = delete(Admission).where(col(Admission.job_id) == job_id)
+        if attempt is not None:
+            freed = freed.where(col(Admission.attempt) <= attempt)
         async with self._sessions() as session, session.begin():
-            await session.execute(delete(Admission).where(col(Admission.job_id) == job_id))
-            await session.execute(delete(DispatchLease).where(col(DispatchLease.job_id) == job_id))
+            if await session.scalar(freed.returning(col(Admission.job_id))) is not None:
+                await session.execute(
+                    delete(DispatchLease).where(col(DispatchLease.job_id) == job_id)
+                )
 
     # Cancelling -------------------------------------------------------------------------
 
@@ -291,8 +308,11 @@ class Dispatcher:
 
     async def _dispatch_locked(self, job_id: UUID, attempt: int) -> None:
         state = (await self._store.load(job_id)).state
-        if state.is_terminal or state.attempt != attempt:
+        if state.is_terminal:
             await self._release(job_id)
+            return
+        if state.attempt != attempt:
+            await self._release(job_id, attempt=attempt)
             return
         if state.cancel_requested:
             await self._cancel_locked(job_id)

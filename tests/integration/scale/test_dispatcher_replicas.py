@@ -18,11 +18,16 @@ import pytest
 from sqlalchemy import select
 from sqlmodel import col
 
+from ckrv.events.catalog import JobLost, JobRetried, RunnerBackend, workload_name
+from ckrv.events.consumer import Delivery
+from ckrv.events.envelope import utc_now
+from ckrv.events.state import DispatchJob
 from ckrv.services.common.event_service import Connections
 from ckrv.services.dispatcher.admission import Admission
-from ckrv.services.runners.base import Workload, WorkloadRequest, WorkloadState
+from ckrv.services.runners.base import Workload, WorkloadRequest, WorkloadState, WorkloadStatus
 from ckrv.services.runners.local import LocalRunner
 from ckrv.services.stack.seaweed_server import SeaweedServer
+from ckrv.services.watcher.observations import decide_all, lost
 from tests.integration.execution.conftest import (
     Execution,
     add_pat,
@@ -31,6 +36,7 @@ from tests.integration.execution.conftest import (
     submit,
     wait_for,
 )
+from tests.integration.gateway.lifecycle import SERVICE, drive
 
 pytestmark = pytest.mark.integration
 
@@ -99,3 +105,43 @@ async def test_a_dispatch_in_progress_is_left_to_the_replica_that_started_it(
         job = await asyncio.to_thread(wait_for, client, job_id)
     assert job["status"] == "succeeded", job["error_message"]
     assert await workload_states(execution, job_id) == [WorkloadState.SUCCEEDED]
+
+
+async def test_a_late_loss_of_an_attempt_leaves_the_place_of_its_retry(
+    execution: Execution, s3_server: SeaweedServer
+) -> None:
+    with execution.client() as client:
+        async with without_the_stack_dispatcher(execution, s3_server) as connections:
+            job_id = new_job(client, execution, ["echo again > AGAIN.md"])
+            first = dispatcher_in_process(execution, connections, execution.runner())
+            second = dispatcher_in_process(execution, connections, execution.runner())
+            await first.enqueue(job_id)
+            # Dispatched, then its workload found gone: the watcher records the loss and a retry.
+            await drive(
+                connections.store, job_id, DispatchJob(actor=SERVICE, runner=RunnerBackend.LOCAL)
+            )
+            gone = WorkloadStatus(
+                name=workload_name(job_id, 1),
+                job_id=job_id,
+                attempt=1,
+                state=WorkloadState.GONE,
+                created_at=utc_now(),
+            )
+            await connections.store.execute(
+                job_id, lambda state: decide_all(state, lost(gone, "gone", utc_now()))
+            )
+            deliveries = {
+                type(stored.event): Delivery(
+                    stored.event, stored.event.subject, stored.sequence, num_delivered=1
+                )
+                for stored in await connections.store.read(job_id)
+            }
+
+            # Each replica gets one of the two events; the retry is handled first.
+            await second.handle(deliveries[JobRetried])
+            await first.handle(deliveries[JobLost])
+
+            assert await admission_rows(connections, job_id) == [(2, "queued")]
+        job = await asyncio.to_thread(wait_for, client, job_id)
+    assert job["status"] == "succeeded", job["error_message"]
+    assert job["attempt"] == 2
