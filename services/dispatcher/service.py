@@ -336,6 +336,12 @@ class Dispatcher:
             await self._fail(state, "credential_unavailable", str(error))
             return
         workload = await self._runner.create(request)
+        if (await self._store.load(job_id)).state.cancel_requested:
+            # Cancelled while the workload was being made: the replica that handled the cancel
+            # may have found nothing to stop yet, so the workload is stopped here.
+            await self._runner.stop(workload.name, self._settings.stop_grace_seconds)
+            await self._cancel_locked(job_id)
+            return
         async with self._sessions() as session, session.begin():
             await session.execute(
                 update(Admission)

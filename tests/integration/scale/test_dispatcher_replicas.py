@@ -145,3 +145,29 @@ async def test_a_late_loss_of_an_attempt_leaves_the_place_of_its_retry(
         job = await asyncio.to_thread(wait_for, client, job_id)
     assert job["status"] == "succeeded", job["error_message"]
     assert job["attempt"] == 2
+
+
+async def test_a_job_cancelled_while_its_workload_is_made_does_not_run(
+    execution: Execution, s3_server: SeaweedServer
+) -> None:
+    with execution.client() as client:
+        async with without_the_stack_dispatcher(execution, s3_server) as connections:
+            job_id = new_job(client, execution, ["sleep 60"])
+            held = execution.runner(HeldInCreate)
+            making = dispatcher_in_process(execution, connections, held)
+            cancelling = dispatcher_in_process(execution, connections, execution.runner())
+            await making.enqueue(job_id)
+            admitting = asyncio.create_task(making.admit())
+            await held.creating.wait()
+            response = await asyncio.to_thread(client.post, f"/jobs/{job_id}/cancel")
+            assert response.status_code == 202, response.text
+            # The other replica handles the cancel while no workload exists to stop.
+            await cancelling.cancel(job_id)
+
+            held.resume.set()
+            await admitting
+
+            assert await workload_states(execution, job_id) == [WorkloadState.FAILED]
+            assert await admission_rows(connections, job_id) == []
+        job = await asyncio.to_thread(wait_for, client, job_id)
+    assert job["status"] == "cancelled"
