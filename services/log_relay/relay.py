@@ -1,23 +1,31 @@
-"""The relay: follows every workload's output, publishing its lines as entries on `logs.<job_id>`.
+"""The relay: follows workloads' output, publishing its lines as entries on `logs.<job_id>`.
 
-Each workload the runner reports (those there at start, then each new one) gets a
-follower task that reads its output from the saved position, publishes each line's
-entries (numbered on from the job's previous attempts), turns the worker's phase
-markers into `job.phase-changed` events, and saves the position once JetStream has
+Each workload of a job this replica holds the lease of (`leases`) gets a follower
+task that reads its output from the saved position, publishes each line's entries
+(numbered on from the job's previous attempts), turns the worker's phase markers
+into `job.phase-changed` events, and saves the position once JetStream has
 acknowledged the entries. When the workload has ended and its output is all
 published, the attempt's log is archived and recorded with `job.artifact-stored`.
 
 One job's workloads are followed one at a time, in the order they appear, so that
 `seq` runs on from one attempt to the next and a republished entry after a crash
-meets its earlier self under the same `Nats-Msg-Id`. Only one relay may run over
-one runner: replicas would publish every line twice under different numbers.
+meets its earlier self under the same `Nats-Msg-Id` (`<job_id>:<seq>`, and `seq`
+follows from the saved output offset). Replicas share the jobs: every replica sees
+every workload the runner reports, and follows those of the jobs it holds the lease
+of; it takes leases of jobs nobody follows, up to its fair share, whenever a workload
+appears and every third of the lease's lifetime (when it also renews its own), so
+the jobs of a replica that died are taken over once its leases run out. A replica
+stops following a job as soon as it cannot be sure to hold the lease, and gives the
+leases back when it stops, for the others to take over at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections import Counter as Tally
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from uuid import UUID
@@ -41,6 +49,7 @@ from ckrv.services.log_relay.archive import (
     archive_attempt_log,
     last_published_seq,
 )
+from ckrv.services.log_relay.leases import Leases
 from ckrv.services.log_relay.output_lines import LineCutter, OutputLine, log_entries, read_line
 from ckrv.services.log_relay.positions import ResumePoint
 from ckrv.services.log_relay.redaction import Redactor
@@ -66,6 +75,11 @@ ARCHIVES = Counter("ckrv_log_relay_archives_total", "Attempt logs written to obj
 FAILURES = Counter(
     "ckrv_log_relay_failures_total", "Times following a workload failed and was started again."
 )
+DUPLICATES = Counter(
+    "ckrv_log_relay_duplicate_entries_total",
+    "Entries JetStream already had, and dropped: published again after a restart or a takeover.",
+)
+LEASED = Gauge("ckrv_log_relay_jobs_leased", "Jobs whose workloads this replica has the lease of.")
 
 
 @dataclass(frozen=True)
@@ -75,6 +89,10 @@ class Workload:
     name: str
     job_id: UUID
     attempt: int
+
+
+class LeaseLost(Exception):
+    """This replica is no longer sure to hold the lease of the job whose workload it follows."""
 
 
 class LogRelay:
@@ -97,60 +115,76 @@ class LogRelay:
         self._runner = runner
         self._storage = storage_client(common)
         self._keys = common.credential_key_ring()
-        self._followers: dict[str, asyncio.Task[None]] = {}
+        self._leases = Leases(sessions, settings.lease_ttl_seconds)
+        # The runner's workloads, as its watch reports them.
+        self._present: dict[str, Workload] = {}
+        # Workloads the runner dropped before their log was archived: known from their rows.
+        self._orphans: dict[str, Workload] = {}
+        # Each job's followers, by workload name.
+        self._followers: dict[UUID, dict[str, asyncio.Task[None]]] = {}
         # Workloads whose log is archived: nothing more to do until the runner drops them.
         self._done: set[str] = set()
         self._job_locks: dict[UUID, asyncio.Lock] = {}
-        self._job_followers: Tally[UUID] = Tally()
+        # Set when the jobs may need sharing anew (a workload appeared, a job is done with).
+        self._wake = asyncio.Event()
+
+    @property
+    def replica(self) -> str:
+        """This replica's name, the owner of its leases."""
+        return self._leases.name
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Follow every workload until `stop`; then stop following (positions are saved)."""
-        for workload in await self._workloads_at_start():
-            self._start_following(workload)
+        """Follow the workloads of the jobs leased to this replica until `stop`; then give
+        the leases back (positions are saved)."""
+        self._present = await self._workloads_at_start()
+        ending = asyncio.Event()
         watching = asyncio.create_task(self._watch())
+        sharing = asyncio.create_task(self._share(ending))
         stopping = asyncio.create_task(stop.wait())
         try:
             await asyncio.wait({watching, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if watching.done():
                 watching.result()  # the runner failed: let the service end and be restarted
         finally:
-            tasks = [watching, stopping, *self._followers.values()]
+            tasks = [watching, stopping, *self._all_followers()]
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # Sharing ends its round rather than being cancelled: a statement cut short may
+            # still commit, and a lease it took would outlive the leases given back here.
+            ending.set()
+            self._wake.set()
+            await asyncio.gather(*tasks, sharing, return_exceptions=True)
+            await self._give_leases_back()
 
-    async def _workloads_at_start(self) -> list[Workload]:
-        """The runner's workloads, and those it dropped before their log was archived.
-
-        Earlier attempts first, so that each job's followers queue for its lock in order.
-        """
+    async def _workloads_at_start(self) -> dict[str, Workload]:
+        """The runner's workloads; the rows of those it dropped once archived are forgotten."""
         present = {
             status.name: Workload(status.name, status.job_id, status.attempt)
             for status in await self._runner.list()
         }
         async with self._sessions() as session, session.begin():
-            dropped = [
-                row
-                for row in await positions.list_positions(session)
-                if row.workload_name not in present
-            ]
             await positions.forget_positions(
-                session, [row.workload_name for row in dropped if row.archived_at is not None]
+                session,
+                [
+                    row.workload_name
+                    for row in await positions.list_positions(session)
+                    if row.workload_name not in present and row.archived_at is not None
+                ],
             )
-        unarchived = [
-            Workload(row.workload_name, row.job_id, row.attempt)
-            for row in dropped
-            if row.archived_at is None
-        ]
-        return sorted([*present.values(), *unarchived], key=lambda workload: workload.attempt)
+        return present
 
     async def _watch(self) -> None:
         async for status in self._runner.watch():
             if status.state is not WorkloadState.GONE:
-                self._start_following(Workload(status.name, status.job_id, status.attempt))
-            elif status.name in self._done:
-                self._done.discard(status.name)
-                await self._forget(status.name)
+                workload = Workload(status.name, status.job_id, status.attempt)
+                if self._present.setdefault(status.name, workload) is workload:
+                    self._wake.set()  # new: its job may be free to take
+                self._start_following(workload)
+            else:
+                self._present.pop(status.name, None)
+                if status.name in self._done:
+                    self._done.discard(status.name)
+                    await self._forget(status.name)
             # A workload gone while followed: its follower reads what is left, and archives it.
 
     async def _forget(self, name: str) -> None:
@@ -161,23 +195,99 @@ class LogRelay:
             # Harmless: the next start of the relay drops the row.
             logger.exception("could not drop a workload's position", extra={"workload": name})
 
+    async def _share(self, ending: asyncio.Event) -> None:
+        """Keep this replica's leases, and take those of jobs nobody follows, until `ending`."""
+        renew_interval = self._settings.lease_ttl_seconds / 3
+        renew_at = time.monotonic()
+        while not ending.is_set():
+            self._wake.clear()
+            started = time.monotonic()
+            try:
+                if started >= renew_at:
+                    renew_at = started + renew_interval
+                    await self._keep_leases()
+                await self._share_jobs()
+            except Exception:
+                # The leases run out if this goes on; the followers stop, and others take over.
+                logger.exception("could not share the jobs with the other replicas")
+            next_round = min(renew_at, started + self._settings.claim_interval_seconds)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, next_round - time.monotonic())):
+                    await self._wake.wait()
+
+    async def _keep_leases(self) -> None:
+        """Renew this replica's leases (stopping the followers of lost ones); find orphans."""
+        await self._leases.announce()
+        for job_id in await self._leases.renew():
+            logger.warning("lost a job's lease to another replica", extra={"job_id": str(job_id)})
+            for follower in self._followers.get(job_id, {}).values():
+                follower.cancel()
+        async with self._sessions() as session:
+            rows = await positions.unfollowed_positions(session, self.replica)
+        self._orphans = {
+            row.workload_name: Workload(row.workload_name, row.job_id, row.attempt)
+            for row in rows
+            if row.workload_name not in self._present
+        }
+
+    async def _share_jobs(self) -> None:
+        """Give back the leases of jobs done with; take free ones up to a fair share; follow."""
+        waiting: dict[UUID, list[Workload]] = {}
+        for workload in sorted(
+            [*self._present.values(), *self._orphans.values()], key=lambda w: w.attempt
+        ):
+            if workload.name not in self._done:
+                waiting.setdefault(workload.job_id, []).append(workload)
+        # A later attempt, when there is one, may then go to any replica.
+        await self._leases.release(
+            [job for job in self._leases.jobs if job not in waiting and job not in self._followers]
+        )
+        held = self._leases.jobs
+        # Each replica tries the others' jobs in an order of its own, so that replicas taking
+        # jobs at the same time mostly try different ones.
+        others = sorted(
+            (job for job in waiting if job not in held), key=lambda job: hash((self.replica, job))
+        )
+        if others:
+            await self._leases.claim(others, jobs=len(waiting.keys() | held))
+        LEASED.set(len(self._leases.jobs))
+        for workloads in waiting.values():
+            for workload in workloads:
+                self._start_following(workload)
+
+    async def _give_leases_back(self) -> None:
+        try:
+            await self._leases.retire()
+        except Exception:
+            # The other replicas take the jobs over all the same, once the leases ran out.
+            logger.exception("could not give the leases back")
+        LEASED.set(0)
+
+    def _all_followers(self) -> Iterable[asyncio.Task[None]]:
+        return [task for followers in self._followers.values() for task in followers.values()]
+
     def _start_following(self, workload: Workload) -> None:
-        """Follow the workload, unless it is followed already or done with."""
+        """Follow the workload if its job is leased to this replica, unless followed already
+        or done with."""
         name, job_id = workload.name, workload.job_id
-        if name in self._followers or name in self._done:
+        if (
+            name in self._done
+            or name in self._followers.get(job_id, {})
+            or not self._leases.holds(job_id)
+        ):
             return
         lock = self._job_locks.setdefault(job_id, asyncio.Lock())
-        self._followers[name] = follower = asyncio.create_task(
+        followers = self._followers.setdefault(job_id, {})
+        followers[name] = follower = asyncio.create_task(
             self._follow(workload, lock), name=f"follow {name}"
         )
-        self._job_followers[job_id] += 1
 
         def forget(_: asyncio.Task[None]) -> None:
-            del self._followers[name]
-            self._job_followers[job_id] -= 1
-            if not self._job_followers[job_id]:
-                del self._job_followers[job_id]
+            del followers[name]
+            if not followers:
+                del self._followers[job_id]
                 del self._job_locks[job_id]
+                self._wake.set()  # its lease may be given back
 
         follower.add_done_callback(forget)
 
@@ -189,6 +299,12 @@ class LogRelay:
                     try:
                         await self._relay(workload)
                         self._done.add(workload.name)
+                        return
+                    except LeaseLost:
+                        logger.warning(
+                            "stopped following a workload: its job's lease may have run out",
+                            extra={"workload": workload.name},
+                        )
                         return
                     except Exception:
                         FAILURES.inc()
@@ -214,7 +330,12 @@ class LogRelay:
             )
         await self._archive(workload)
 
+    def _check_lease(self, workload: Workload) -> None:
+        if not self._leases.holds(workload.job_id):
+            raise LeaseLost(workload.name)
+
     async def _resume_point(self, workload: Workload) -> ResumePoint:
+        self._check_lease(workload)
         async with self._sessions() as session, session.begin():
             found = await positions.find_position(session, workload.name)
         if found is not None:
@@ -222,9 +343,17 @@ class LogRelay:
         # A new attempt numbers its entries on from the job's earlier ones.
         first_seq = await last_published_seq(self._js, workload.job_id) + 1
         async with self._sessions() as session, session.begin():
-            return await positions.start_position(
-                session, workload.name, workload.job_id, workload.attempt, first_seq
+            started = await positions.start_position(
+                session,
+                workload.name,
+                workload.job_id,
+                workload.attempt,
+                first_seq,
+                owner=self.replica,
             )
+        if started is None:
+            raise LeaseLost(workload.name)
+        return started
 
     async def _publish_output(self, workload: Workload, point: ResumePoint) -> None:
         cutter = LineCutter(point.offset, self._settings.max_line_bytes)
@@ -245,23 +374,30 @@ class LogRelay:
         redactor: Redactor,
         next_seq: int,
     ) -> int:
-        """Publish the lines' entries, record their phase markers, save the position; next `seq`."""
+        """Publish the lines' entries, record their phase markers, save the position; next `seq`.
+
+        Each line only while the job's lease surely holds: one that ran out may be another
+        replica's already, which goes on from the saved position.
+        """
         if not lines:
             return next_seq
         subject = job_log_subject(workload.job_id)
         for line in lines:
+            self._check_lease(workload)
             read = read_line(line.data, datetime.now(UTC))
             entries = log_entries(
                 read, attempt=workload.attempt, first_seq=next_seq, redact=redactor.redact
             )
             for entry in entries:
-                await self._js.publish(
+                ack = await self._js.publish(
                     subject,
                     entry.model_dump_json().encode(),
                     timeout=self._settings.publish_timeout_seconds,
                     stream=LOGS_STREAM,
                     headers={"Nats-Msg-Id": f"{workload.job_id}:{entry.seq}"},
                 )
+                if ack.duplicate:
+                    DUPLICATES.inc()
             ENTRIES.inc(len(entries))
             OUTPUT_BYTES.inc(len(line.data))
             LAG_SECONDS.observe(max(0.0, (datetime.now(UTC) - read.timestamp).total_seconds()))
@@ -269,13 +405,16 @@ class LogRelay:
             if read.entered_phase is not None:
                 await self._record_phase(workload, read.entered_phase)
         async with self._sessions() as session, session.begin():
-            await positions.save_progress(
+            saved = await positions.save_progress(
                 session,
                 workload.name,
+                owner=self.replica,
                 offset=cutter.offset,
                 next_seq=next_seq,
                 inside_private_key=redactor.inside_private_key,
             )
+        if not saved:
+            raise LeaseLost(workload.name)
         return next_seq
 
     async def _job_secrets(self, job_id: UUID) -> list[str]:
@@ -314,6 +453,7 @@ class LogRelay:
         await self._record(workload.job_id, command)
 
     async def _archive(self, workload: Workload) -> None:
+        self._check_lease(workload)
         artifact = await archive_attempt_log(
             self._js,
             self._storage,
@@ -332,7 +472,10 @@ class LogRelay:
             ),
         )
         async with self._sessions() as session, session.begin():
-            await positions.mark_archived(session, workload.name)
+            archived = await positions.mark_archived(session, workload.name, owner=self.replica)
+        if not archived:
+            # Written and recorded all the same; the next holder does it again, to the same effect.
+            raise LeaseLost(workload.name)
 
     async def _record(self, job_id: UUID, command: JobCommand) -> None:
         try:

@@ -17,9 +17,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from uuid import UUID, uuid4
 
+import httpx
 import pytest
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from sqlalchemy import text
 
@@ -33,15 +35,17 @@ from ckrv.schemas.logs import LogEntry
 from ckrv.services.common.connections import connect_nats
 from ckrv.services.common.credentials import store_credential
 from ckrv.services.common.db import create_engine, create_schema, session_factory
-from ckrv.services.common.settings import CommonSettings
+from ckrv.services.common.settings import DEVELOPMENT_CREDENTIAL_KEYS, CommonSettings
 from ckrv.services.common.storage import artifact_key
 from ckrv.services.log_relay.relay import LogRelay
 from ckrv.services.log_relay.settings import LogRelaySettings
 from ckrv.services.runners.base import WorkloadRequest, WorkloadStatus
 from ckrv.services.runners.local import LocalRunner
 from ckrv.services.stack.nats_server import NatsServer
+from ckrv.services.stack.ports import free_ports
 from ckrv.services.stack.postgres_server import PostgresServer
 from ckrv.services.stack.seaweed_server import SeaweedServer
+from ckrv.services.stack.service_process import ServiceProcess, connection_environment
 
 pytestmark = pytest.mark.integration
 
@@ -119,6 +123,67 @@ async def running_relay(common: CommonSettings, runner: LocalRunner) -> AsyncIte
         await engine.dispose()
 
 
+@pytest.fixture
+def runner_root(tmp_path: Path) -> Path:
+    """The folder of the test's local runner, for relay processes to follow it."""
+    return tmp_path / "runner"
+
+
+@pytest.fixture
+def relay_environment(
+    common: CommonSettings,
+    nats_server: NatsServer,
+    postgres_server: PostgresServer,
+    s3_server: SeaweedServer,
+    runner_root: Path,
+) -> dict[str, str]:
+    """What a `ckrv-cloud serve log-relay` process needs to follow the test's runner."""
+    return {
+        **connection_environment(
+            nats_server, postgres_server, s3_server, credential_keys=DEVELOPMENT_CREDENTIAL_KEYS
+        ),
+        "CKRV_DATABASE_URL": common.database_url.get_secret_value(),
+        "CKRV_RUNNER_ROOT": str(runner_root),
+    }
+
+
+def relay_process(
+    environment: dict[str, str], log_dir: Path, *, lease_ttl_seconds: float
+) -> ServiceProcess:
+    """A relay process (not started yet), logging to `log_dir`."""
+    (port,) = free_ports(1)
+    return ServiceProcess(
+        "log-relay",
+        port=port,
+        log_dir=log_dir,
+        connections={
+            **environment,
+            "CKRV_LOG_RELAY_LEASE_TTL_SECONDS": f"{lease_ttl_seconds:g}",
+        },
+        shutdown_timeout_seconds=5,
+    )
+
+
+def process_id(service: ServiceProcess) -> int:
+    """The pid of a running service, also the id of its process group."""
+    assert service.process is not None
+    pid = service.process.pid
+    assert pid is not None
+    return pid
+
+
+async def metric(service: ServiceProcess, sample: str) -> float:
+    """The value of `sample` (e.g. `ckrv_log_relay_entries_total`) on the service's /metrics."""
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"{service.url}/metrics")
+    response.raise_for_status()
+    for family in text_string_to_metric_families(response.text):
+        for found in family.samples:
+            if found.name == sample:
+                return found.value
+    raise AssertionError(f"no {sample} on {service.url}/metrics")
+
+
 def python_workload(job_id: UUID, script: str, *, attempt: int = 1) -> WorkloadRequest:
     """A workload that runs `script` with this Python."""
     return WorkloadRequest(
@@ -193,6 +258,12 @@ def archive_bytes(s3: SeaweedServer, key: str) -> bytes | None:
     finally:
         response.close()
         response.release_conn()
+
+
+async def output_lines(runner: LocalRunner, name: str) -> list[str]:
+    """What the workload wrote, line by line."""
+    output = b"".join([chunk.data async for chunk in runner.read_output(name, 0, follow=False)])
+    return output.decode().splitlines()
 
 
 def entries_of(messages: list[bytes]) -> list[LogEntry]:

@@ -13,17 +13,14 @@ from nats.js.errors import NotFoundError
 
 from ckrv.events.subjects import LOGS_STREAM, job_log_subject
 from ckrv.schemas.logs import LogEntry
-from ckrv.services.common.settings import DEVELOPMENT_CREDENTIAL_KEYS, CommonSettings
 from ckrv.services.runners.local import LocalRunner
-from ckrv.services.stack.nats_server import NatsServer
-from ckrv.services.stack.ports import free_ports
-from ckrv.services.stack.postgres_server import PostgresServer
 from ckrv.services.stack.seaweed_server import SeaweedServer
-from ckrv.services.stack.service_process import ServiceProcess, connection_environment
 from tests.integration.log_relay.conftest import (
     entries_of,
+    process_id,
     published,
     python_workload,
+    relay_process,
     wait_for_archive,
     wait_until,
 )
@@ -42,28 +39,14 @@ for n in range(1, {LINES} + 1):
 
 async def test_a_relay_killed_mid_stream_loses_no_line_and_repeats_none(
     *,
-    common: CommonSettings,
-    nats_server: NatsServer,
-    postgres_server: PostgresServer,
+    relay_environment: dict[str, str],
+    runner_root: Path,
     s3_server: SeaweedServer,
     nc: Client,
     tmp_path: Path,
 ) -> None:
-    runner_root = tmp_path / "runner"
-    (port,) = free_ports(1)
-    relay = ServiceProcess(
-        "log-relay",
-        port=port,
-        log_dir=tmp_path,
-        connections={
-            **connection_environment(
-                nats_server, postgres_server, s3_server, credential_keys=DEVELOPMENT_CREDENTIAL_KEYS
-            ),
-            "CKRV_DATABASE_URL": common.database_url.get_secret_value(),
-            "CKRV_RUNNER_ROOT": str(runner_root),
-        },
-        shutdown_timeout_seconds=5,
-    )
+    # The restarted relay is a new replica: it takes the job over once the lease ran out.
+    relay = relay_process(relay_environment, tmp_path, lease_ttl_seconds=2)
     job_id = uuid4()
 
     async def published_at_least(count: int) -> bool:
@@ -79,9 +62,7 @@ async def test_a_relay_killed_mid_stream_loses_no_line_and_repeats_none(
             await relay.start()
             workload = await runner.create(python_workload(job_id, NUMBERED_LINES))
             await wait_until(lambda: published_at_least(LINES // 10), "the first lines published")
-            assert relay.process is not None
-            assert relay.process.pid is not None
-            os.killpg(relay.process.pid, signal.SIGKILL)
+            os.killpg(process_id(relay), signal.SIGKILL)
             await relay.stop()
             status = await runner.get(workload.name)
             assert status is not None
