@@ -27,6 +27,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,6 +198,11 @@ class GitHttpServer(Supervised):
         """The https URL of a bare repository under `repositories`."""
         return f"https://{LOOPBACK}:{self.port}/{repository.relative_to(self.repositories)}"
 
+    def failed_connections(self) -> str:
+        """What the server logged about connections that failed (empty when none did)."""
+        log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return log[log.find("connection from") :] if "connection from" in log else ""
+
     def fail_next_requests(self, repository: Path, count: int) -> None:
         """Answer the next `count` requests for `repository` with 503 Service Unavailable."""
         (repository / FAILURES_FILE).write_text(str(count))
@@ -329,7 +335,11 @@ def git_http_server(git_repositories: Path) -> Iterator[GitHttpServer]:
         yield server
     finally:
         run_on_private_loop(server.stop())
+        failures = server.failed_connections()
         shutil.rmtree(state_dir, ignore_errors=True)
+    if failures:
+        # Clones retry, so a failed connection may not fail a test: the warning summary shows it.
+        warnings.warn(f"the test git HTTPS server's failed connections:\n{failures}", stacklevel=1)
 
 
 @pytest.fixture(scope="session")
