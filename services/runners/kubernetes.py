@@ -71,6 +71,7 @@ from ckrv.services.runners.kubernetes_objects import (
     job_manifest,
     latest_pod,
     owner_reference,
+    pod_end_unseen,
     secret_manifest,
 )
 from ckrv.services.runners.kubernetes_output import LogCursor, TimestampedLines
@@ -290,6 +291,8 @@ class KubernetesRunner(Runner):
                 if listed != set(_KINDS):
                     continue  # the first statuses come with both listings
                 for name in sorted(affected):
+                    if view.pod_end_unseen(name):
+                        continue  # how it ended comes with the pod's news
                     status = self._view_status(view, name)
                     if status is None:
                         last = reported.pop(name, None)
@@ -567,6 +570,11 @@ class _ClusterView:
 
     def pods_of(self, job_name: str) -> builtins.list[V1Pod]:
         return [pod for pod in self.pods.values() if _job_name_of(pod) == job_name]
+
+    def pod_end_unseen(self, job_name: str) -> bool:
+        """Whether the Job failed on its pod's end, which the pods' watch has yet to bring."""
+        job = self.jobs.get(job_name)
+        return job is not None and pod_end_unseen(job, latest_pod(self.pods_of(job_name)))
 
     def replace(self, kind: _Kind, items: builtins.list[Any]) -> set[str]:
         """Take a listing; the names of the workloads it may have changed."""

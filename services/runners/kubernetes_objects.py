@@ -214,6 +214,24 @@ def job_has_ended(job: V1Job) -> bool:
     return _ended_condition(job) is not None
 
 
+def pod_end_unseen(job: V1Job, pod: V1Pod | None) -> bool:
+    """Whether the Job failed on its pod's end while the pod, as last seen, has not ended.
+
+    Kubernetes records a pod's end before the Job's, but a watch of Jobs and a watch of
+    pods each deliver on their own: news of the Job may come first, the pod's is on its
+    way. (A deadline fails the Job first, and a pod being deleted may never report an end.)
+    """
+    ended = _ended_condition(job)
+    if ended is None or ended.type != "Failed" or ended.reason == "DeadlineExceeded":
+        return False
+    if pod is None or pod.metadata.deletion_timestamp is not None:
+        return False
+    if pod.status is not None and pod.status.phase in ("Succeeded", "Failed"):
+        return False
+    state = container_state(pod)
+    return state is None or state.terminated is None
+
+
 def latest_pod(pods: Iterable[V1Pod]) -> V1Pod | None:
     """The pod that speaks for a Job: its newest."""
     return max(pods, key=lambda pod: _utc(pod.metadata.creation_timestamp), default=None)

@@ -8,6 +8,7 @@ from uuid import uuid4
 from kubernetes_asyncio.client import (
     V1Container,
     V1ContainerState,
+    V1ContainerStateRunning,
     V1ContainerStateTerminated,
     V1ContainerStateWaiting,
     V1ContainerStatus,
@@ -21,7 +22,12 @@ from kubernetes_asyncio.client import (
 )
 
 from ckrv.services.runners.base import FailureReason, WorkloadState
-from ckrv.services.runners.kubernetes_objects import ATTEMPT_LABEL, JOB_ID_LABEL, describe
+from ckrv.services.runners.kubernetes_objects import (
+    ATTEMPT_LABEL,
+    JOB_ID_LABEL,
+    describe,
+    pod_end_unseen,
+)
 from ckrv.services.runners.kubernetes_output import (
     LogCursor,
     TimestampedLines,
@@ -155,6 +161,29 @@ def test_the_job_decides_whether_it_ended_and_the_pod_tells_how() -> None:
         None,
     )
     assert status_of(job(failed("BackoffLimitExceeded")), None)[1] is FailureReason.LOST
+
+
+def test_a_job_failed_on_a_pod_still_seen_running_waits_for_the_pods_news() -> None:
+    backoff = job(failed("BackoffLimitExceeded"))
+    still_running = pod(
+        V1ContainerState(running=V1ContainerStateRunning(started_at=START)), phase="Running"
+    )
+    assert pod_end_unseen(backoff, still_running)
+    assert pod_end_unseen(backoff, pod(V1ContainerState(), phase="Pending"))
+    # What the watch of pods brings next tells how it ended.
+    assert not pod_end_unseen(backoff, pod(exited(1)))
+    assert not pod_end_unseen(backoff, pod(exited(137), reason="Evicted"))
+    # A pod gone, or going, may never report an end; nor does one past the deadline.
+    assert not pod_end_unseen(backoff, None)
+    still_running.metadata.deletion_timestamp = START + timedelta(seconds=8)
+    assert not pod_end_unseen(backoff, still_running)
+    assert not pod_end_unseen(
+        job(failed("DeadlineExceeded")), pod(V1ContainerState(), phase="Running")
+    )
+    # A Job still running, or complete, waits for nothing.
+    assert not pod_end_unseen(job(), pod(V1ContainerState(), phase="Running"))
+    complete = V1JobCondition(type="Complete", status="True")
+    assert not pod_end_unseen(job(complete), pod(V1ContainerState(), phase="Running"))
 
 
 def test_an_image_failing_to_pull_fails_the_workload_once_past_the_limit() -> None:
