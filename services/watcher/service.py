@@ -7,7 +7,9 @@ reconciles the jobs the dispatcher holds places for against the workloads that
 exist: a workload gone missing is a lost attempt, one stuck pending too long is
 lost as well, one running past its time limit is stopped and timed out, and one
 that finished without its end recorded (storage was unreachable) is observed again.
-Finished workloads are garbage-collected, with their input files, after a while.
+Finished workloads are garbage-collected after a while. Alongside, it follows the
+ends of jobs on JOBS and releases their workloads' secret inputs at once
+(`input_release`).
 """
 
 from __future__ import annotations
@@ -21,16 +23,19 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
+from ckrv.events.catalog import parse_event
+from ckrv.events.consumer import EventConsumer
 from ckrv.events.envelope import observation_event_id
 from ckrv.events.state import JobCommand, JobTransitionError, TimeOutJob
 from ckrv.events.store import JobEventStore
 from ckrv.services.artifacts.verification import check_result
-from ckrv.services.common.event_service import Connections, Work
+from ckrv.services.common.event_service import Concurrently, Connections, Work
 from ckrv.services.common.settings import CommonSettings
 from ckrv.services.common.storage import storage_client
 from ckrv.services.dispatcher.admission import Admission, AdmissionState
 from ckrv.services.runners.base import Runner, WorkloadNotFound, WorkloadState, WorkloadStatus
 from ckrv.services.runners.settings import RunnerSettings
+from ckrv.services.watcher.input_release import InputRelease, input_release_spec
 from ckrv.services.watcher.observations import (
     ACTOR,
     WorkerFinish,
@@ -202,10 +207,17 @@ class Watcher:
 async def watcher_work(
     connections: Connections, settings: WatcherSettings, runner_settings: RunnerSettings
 ) -> Work:
-    return Watcher(
+    """The watcher's work: following workloads and reconciling, and releasing ended jobs' inputs."""
+    runner = await connections.runner(runner_settings)
+    watcher = Watcher(
         common=connections.common,
         settings=settings,
         sessions=connections.sessions,
         store=connections.store,
-        runner=await connections.runner(runner_settings),
+        runner=runner,
     )
+    release = InputRelease(store=connections.store, runner=runner)
+    consumer = EventConsumer(
+        connections.nats.jetstream(), input_release_spec(), parse_event, release.handle
+    )
+    return Concurrently(consumer.run, watcher.run)
