@@ -330,14 +330,13 @@ def test_prod_runs_a_three_member_jetstream_cluster_keeping_every_stream_on_each
     assert budget["spec"]["maxUnavailable"] == 1
 
 
-def test_prod_runs_two_replicas_of_every_service_but_one_log_relay() -> None:
+def test_prod_runs_two_replicas_of_every_service() -> None:
     manifests = render("prod")
-    for service in set(SERVICES) - {"log-relay"}:
-        assert named(manifests, "Deployment", service)["spec"]["replicas"] == 2, service
-    # Two log-relays would publish every line twice: one, never two even while it is replaced.
-    log_relay = named(manifests, "Deployment", "log-relay")["spec"]
-    assert log_relay.get("replicas", 1) == 1
-    assert log_relay["strategy"] == {"type": "Recreate"}
+    for service in SERVICES:
+        spec = named(manifests, "Deployment", service)["spec"]
+        assert spec["replicas"] == 2, service
+        # A new pod is ready before an old one goes: every service's replicas share the work.
+        assert spec["strategy"]["type"] == "RollingUpdate", service
     settings = named(manifests, "ConfigMap", "ckrv-settings")["data"]
     assert settings["CKRV_ENV"] == "production"
     # No development dependency is deployed, and no secret is part of the manifests.
