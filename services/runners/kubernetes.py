@@ -263,7 +263,7 @@ class KubernetesRunner(Runner):
         pods = await (await self._core()).list_namespaced_pod(
             self.namespace, label_selector=JOB_ID_LABEL
         )
-        view = _ClusterView()
+        view = _ClusterView(self.image_pull_limit)
         view.replace("jobs", jobs.items)
         view.replace("pods", pods.items)
         statuses = (self._view_status(view, name) for name in sorted(view.jobs))
@@ -280,11 +280,11 @@ class KubernetesRunner(Runner):
             for kind in _KINDS
         ]
         try:
-            view = _ClusterView()
+            view = _ClusterView(self.image_pull_limit)
             listed: set[str] = set()
             reported: dict[str, WorkloadStatus] = {}
             while True:
-                observation = await _next_observation(feed, view.next_review(self.image_pull_limit))
+                observation = await _next_observation(feed, view.next_review())
                 affected = view.apply(observation)
                 if isinstance(observation, _Listing):
                     listed.add(observation.kind)
@@ -562,14 +562,19 @@ async def _next_observation(
 
 
 class _ClusterView:
-    """The Jobs and pods a watch has seen, by name."""
+    """The Jobs and pods a watch has seen, by name. Each Job's pods, and the deadlines of
+    pods failing to pull their image, are kept at hand: with a thousand workloads, looking
+    through every pod on each change would cost more than the change."""
 
-    def __init__(self) -> None:
+    def __init__(self, image_pull_limit: timedelta) -> None:
+        self.image_pull_limit = image_pull_limit
         self.jobs: dict[str, V1Job] = {}
         self.pods: dict[str, V1Pod] = {}
+        self._pods_by_job: dict[str, dict[str, V1Pod]] = {}
+        self._pull_deadlines: dict[str, datetime] = {}
 
     def pods_of(self, job_name: str) -> builtins.list[V1Pod]:
-        return [pod for pod in self.pods.values() if _job_name_of(pod) == job_name]
+        return list(self._pods_by_job.get(job_name, {}).values())
 
     def pod_end_unseen(self, job_name: str) -> bool:
         """Whether the Job failed on its pod's end, which the pods' watch has yet to bring."""
@@ -578,10 +583,14 @@ class _ClusterView:
 
     def replace(self, kind: _Kind, items: builtins.list[Any]) -> set[str]:
         """Take a listing; the names of the workloads it may have changed."""
-        table: dict[str, Any] = self.jobs if kind == "jobs" else self.pods
         before = set(self.jobs)
-        table.clear()
-        table.update((item.metadata.name, item) for item in items)
+        if kind == "jobs":
+            self.jobs = {item.metadata.name: item for item in items}
+        else:
+            for name in builtins.list(self.pods):
+                self._remove_pod(name)
+            for pod in items:
+                self._put_pod(pod)
         return before | set(self.jobs)
 
     def apply(self, observation: _Observation) -> set[str]:
@@ -596,21 +605,42 @@ class _ClusterView:
                     self.jobs[job.metadata.name] = job
                 return {job.metadata.name}
             case _Change("pods", event_type, pod):
-                if event_type == "DELETED":
-                    self.pods.pop(pod.metadata.name, None)
-                else:
-                    self.pods[pod.metadata.name] = pod
+                self._remove_pod(pod.metadata.name)
+                if event_type != "DELETED":
+                    self._put_pod(pod)
                 job_name = _job_name_of(pod)
                 return set() if job_name is None else {job_name}
             case _:
                 return set(self.jobs)
 
-    def next_review(self, image_pull_limit: timedelta) -> datetime | None:
+    def _put_pod(self, pod: V1Pod) -> None:
+        name = pod.metadata.name
+        self.pods[name] = pod
+        job_name = _job_name_of(pod)
+        if job_name is not None:
+            self._pods_by_job.setdefault(job_name, {})[name] = pod
+        deadline = image_pull_deadline(pod, self.image_pull_limit)
+        if deadline is not None:
+            self._pull_deadlines[name] = deadline
+
+    def _remove_pod(self, name: str) -> None:
+        pod = self.pods.pop(name, None)
+        if pod is None:
+            return
+        self._pull_deadlines.pop(name, None)
+        job_name = _job_name_of(pod)
+        if job_name is None:
+            return
+        siblings = self._pods_by_job[job_name]
+        del siblings[name]
+        if not siblings:
+            del self._pods_by_job[job_name]
+
+    def next_review(self) -> datetime | None:
         """The next moment a pod failing to pull its image fails its workload."""
-        deadlines = (image_pull_deadline(pod, image_pull_limit) for pod in self.pods.values())
         now = datetime.now(UTC)
         return min(
-            (deadline for deadline in deadlines if deadline and deadline > now), default=None
+            (deadline for deadline in self._pull_deadlines.values() if deadline > now), default=None
         )
 
 
