@@ -45,7 +45,9 @@ class RelayLease(SQLModel, table=True):
     __tablename__ = "log_relay_leases"
 
     job_id: UUID = Field(primary_key=True)
-    owner: str = Field(max_length=REPLICA_NAME_LENGTH, description="The replica holding it.")
+    owner: str = Field(
+        max_length=REPLICA_NAME_LENGTH, index=True, description="The replica holding it."
+    )
     expires_at: datetime = Field(sa_type=DateTime(timezone=True), nullable=False)
 
 
@@ -221,8 +223,12 @@ class Leases:
         async with self._sessions() as session, session.begin():
             await release(session, self.name, job_ids)
 
+    def let_go(self) -> None:
+        """Hold no lease from now on, as far as `holds` tells (the database still has them)."""
+        self._until.clear()
+
     async def retire(self) -> None:
         """Give back every lease at once: the other replicas take the jobs over right away."""
-        self._until.clear()
+        self.let_go()
         async with self._sessions() as session, session.begin():
             await retire(session, self.name)

@@ -12,11 +12,11 @@ One job's workloads are followed one at a time, in the order they appear, so tha
 meets its earlier self under the same `Nats-Msg-Id` (`<job_id>:<seq>`, and `seq`
 follows from the saved output offset). Replicas share the jobs: every replica sees
 every workload the runner reports, and follows those of the jobs it holds the lease
-of; it takes leases of jobs nobody follows, up to its fair share, whenever a workload
-appears and every third of the lease's lifetime (when it also renews its own), so
-the jobs of a replica that died are taken over once its leases run out. A replica
-stops following a job as soon as it cannot be sure to hold the lease, and gives the
-leases back when it stops, for the others to take over at once.
+of. It renews its leases every third of their lifetime, and takes leases of jobs
+nobody follows, up to its fair share, whenever a workload appears and every claim
+interval, so the jobs of a replica that died are taken over once its leases ran out.
+A replica stops following a job as soon as it cannot be sure to hold the lease, and
+gives the leases back when it stops, for the others to take over at once.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from uuid import UUID
@@ -146,14 +145,20 @@ class LogRelay:
             if watching.done():
                 watching.result()  # the runner failed: let the service end and be restarted
         finally:
-            tasks = [watching, stopping, *self._all_followers()]
-            for task in tasks:
-                task.cancel()
             # Sharing ends its round rather than being cancelled: a statement cut short may
-            # still commit, and a lease it took would outlive the leases given back here.
+            # still commit, and a lease it took would outlive the leases given back below.
             ending.set()
             self._wake.set()
-            await asyncio.gather(*tasks, sharing, return_exceptions=True)
+            watching.cancel()
+            stopping.cancel()
+            await asyncio.gather(watching, stopping, sharing, return_exceptions=True)
+            # No follower starts from here on. Each stops at its next line even if its
+            # cancellation went astray (asyncio.wait_for may swallow one in Python 3.11).
+            self._leases.let_go()
+            followers = self._all_followers()
+            for follower in followers:
+                follower.cancel()
+            await asyncio.gather(*followers, return_exceptions=True)
             await self._give_leases_back()
 
     async def _workloads_at_start(self) -> dict[str, Workload]:
@@ -219,7 +224,10 @@ class LogRelay:
         """Renew this replica's leases (stopping the followers of lost ones); find orphans."""
         await self._leases.announce()
         for job_id in await self._leases.renew():
-            logger.warning("lost a job's lease to another replica", extra={"job_id": str(job_id)})
+            logger.warning(
+                "a job's lease ran out before it was renewed: stopped following the job",
+                extra={"job_id": str(job_id)},
+            )
             for follower in self._followers.get(job_id, {}).values():
                 follower.cancel()
         async with self._sessions() as session:
@@ -263,7 +271,7 @@ class LogRelay:
             logger.exception("could not give the leases back")
         LEASED.set(0)
 
-    def _all_followers(self) -> Iterable[asyncio.Task[None]]:
+    def _all_followers(self) -> list[asyncio.Task[None]]:
         return [task for followers in self._followers.values() for task in followers.values()]
 
     def _start_following(self, workload: Workload) -> None:
