@@ -87,6 +87,10 @@ _FOLLOWED_EVENTS = (
 )
 # Dispatch and cancel of one job never interleave; jobs share these locks by hash.
 _JOB_LOCKS = 64
+# Events handled at once, each fetched by a pull of its own on the shared consumer, as
+# replicas do: handling one waits mostly on NATS and PostgreSQL, and a burst of
+# submissions would queue behind it one by one.
+EVENT_HANDLERS = 16
 
 
 _Decision = Callable[[JobState], Sequence[Event]]
@@ -455,7 +459,7 @@ class Dispatcher:
 async def dispatcher_work(
     connections: Connections, settings: DispatcherSettings, runner_settings: RunnerSettings
 ) -> Work:
-    """The dispatcher's work: its event consumer and its admission passes."""
+    """The dispatcher's work: its event handlers and its admission passes."""
     dispatcher = Dispatcher(
         common=connections.common,
         settings=settings,
@@ -466,4 +470,4 @@ async def dispatcher_work(
     consumer = EventConsumer(
         connections.nats.jetstream(), dispatcher_spec(), parse_event, dispatcher.handle
     )
-    return Concurrently(consumer.run, dispatcher.admit_until)
+    return Concurrently(*[consumer.run] * EVENT_HANDLERS, dispatcher.admit_until)
