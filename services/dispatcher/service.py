@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
@@ -85,8 +86,6 @@ _FOLLOWED_EVENTS = (
     "rejected",
     "lost",
 )
-# Dispatch and cancel of one job never interleave; jobs share these locks by hash.
-_JOB_LOCKS = 64
 # Events handled at once, each fetched by a pull of its own on the shared consumer, as
 # replicas do: handling one waits mostly on NATS and PostgreSQL, and a burst of
 # submissions would queue behind it one by one.
@@ -137,12 +136,17 @@ class Dispatcher:
         self._runner = runner
         self._storage = storage_client(common)
         self._keys = common.credential_key_ring()
-        self._locks = [asyncio.Lock() for _ in range(_JOB_LOCKS)]
+        # Dispatch and cancel of one job never interleave. A lock per job, kept while in use:
+        # locks shared by several jobs would queue a job's queueing behind another's dispatch.
+        self._locks: weakref.WeakValueDictionary[UUID, asyncio.Lock] = weakref.WeakValueDictionary()
         self._admitting = asyncio.Lock()
         self.wake = asyncio.Event()
 
     def _lock(self, job_id: UUID) -> asyncio.Lock:
-        return self._locks[job_id.int % _JOB_LOCKS]
+        lock = self._locks.get(job_id)
+        if lock is None:
+            lock = self._locks[job_id] = asyncio.Lock()
+        return lock
 
     async def handle(self, delivery: Delivery[JobEvent]) -> None:
         event = delivery.payload
