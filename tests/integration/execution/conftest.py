@@ -90,10 +90,11 @@ class Execution:
             timeout=30,
         )
 
-    def repository(self) -> str:
-        """The https URL of a fresh sample repository on the session's git server."""
+    def repository(self, *, local: bool = False) -> str:
+        """A fresh sample repository: its https URL on the session's git server, or (`local`)
+        its path, which workloads clone from directly (a development stack allows it)."""
         sample = create_sample_repository(self.repositories, f"sample-{uuid4().hex[:8]}")
-        return self.git.url_for(sample.path)
+        return str(sample.path) if local else self.git.url_for(sample.path)
 
     @overload
     def runner(self) -> LocalRunner: ...
@@ -101,7 +102,15 @@ class Execution:
     def runner(self, kind: type[LocalRunnerKind]) -> LocalRunnerKind: ...
     def runner(self, kind: type[LocalRunner] = LocalRunner) -> LocalRunner:
         """A runner (of `kind`) over the module's workloads, set up as the module's services are."""
-        return kind(self.runner_root, sandbox_read_only_paths=[self.git.tls.ca_certificate.parent])
+        return kind(
+            self.runner_root, sandbox_read_only_paths=workload_readable(self.git, self.repositories)
+        )
+
+
+def workload_readable(git: GitHttpServer, repositories: Path) -> list[Path]:
+    """What sandboxed workloads may read besides the system: the git server's CA
+    certificate, and the sample repositories for jobs that clone them by path."""
+    return [git.tls.ca_certificate.parent, repositories]
 
 
 @asynccontextmanager
@@ -240,7 +249,9 @@ async def started_execution(
         "CKRV_RUNNER_ROOT": str(runner_root),
         # The git server's certificate is signed by the session's own CA.
         "CKRV_DISPATCHER_WORKLOAD_ENV": json.dumps(git.client_environment),
-        "CKRV_RUNNER_SANDBOX_READ_ONLY_PATHS": json.dumps([str(git.tls.ca_certificate.parent)]),
+        "CKRV_RUNNER_SANDBOX_READ_ONLY_PATHS": json.dumps(
+            [str(path) for path in workload_readable(git, repositories)]
+        ),
         "CKRV_WATCHER_RECONCILE_INTERVAL_SECONDS": "1",
         # A dispatch left by a dispatcher that died is finished this soon by another.
         "CKRV_DISPATCHER_DISPATCH_LEASE_SECONDS": f"{DISPATCH_LEASE_SECONDS:g}",

@@ -34,6 +34,10 @@ SCALE_SETTINGS = {
     # (the attempt's timeout and 5 s) and its followed workloads' leases.
     "CKRV_NOTIFIER_ATTEMPT_TIMEOUT_SECONDS": "5",
     "CKRV_LOG_RELAY_LEASE_TTL_SECONDS": "3",
+    # The local runner's watchers and output followers read every workload's folder each
+    # time they look: with hundreds of workloads, looking less often leaves the cores to them.
+    "CKRV_RUNNER_POLL_INTERVAL_SECONDS": "0.5",
+    "CKRV_WATCHER_RECONCILE_INTERVAL_SECONDS": "5",
 }
 
 
