@@ -5,8 +5,9 @@ numbered lines and writes a file. When a quarter of the jobs have ended, one
 replica of every service and one gateway are SIGKILLed; the gateway comes back,
 the services' survivors carry on alone. Then, from the stream, the runner, the
 logs, the webhook receiver and both gateways: every job succeeded, was dispatched
-once to one workload and has no event twice; its log holds each line once, in
-order; its `job.succeeded` webhook arrived, signed; both gateways show the same
+once to one workload and has no event twice; no more workloads ran at once than
+the dispatchers' capacity and the users' tier allow; its log holds each line once,
+in order; its `job.succeeded` webhook arrived, signed; both gateways show the same
 jobs, and stream the same logs and events.
 """
 
@@ -20,6 +21,7 @@ from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -34,15 +36,18 @@ from sqlmodel import col
 from ckrv.events.catalog import JobArtifactStored, JobPhaseChanged
 from ckrv.events.history import StoredEvent
 from ckrv.events.subjects import JOBS_SUBJECTS, LOGS_STREAM, LOGS_SUBJECTS, job_log_subject
+from ckrv.schemas.api import SubscriptionTier
 from ckrv.services.artifacts.retention import ResultRetention
 from ckrv.services.common.connections import connect_nats
 from ckrv.services.common.db import session_factory, temporary_engine
+from ckrv.services.common.tiers import TIERS
 from ckrv.services.dispatcher.admission import Admission, DispatchLease
 from ckrv.services.gateway.projection import read_all_events
 from ckrv.services.runners.base import WorkloadState
 from ckrv.services.stack.service_process import ServiceProcess
 from tests.integration.execution.conftest import Execution
 from tests.integration.gateway.log_lines import log_stream, seqs
+from tests.integration.scale.conftest import SCALE_SETTINGS
 from tests.webhook_receiver import Received, WebhookReceiver
 
 pytestmark = pytest.mark.integration
@@ -264,7 +269,7 @@ async def test_two_of_everything_run_200_jobs_once_each_through_a_kill(
 
             by_job = histories(await read_all_events(nc))
             check_histories(jobs, by_job)
-            await check_workloads(scale, jobs)
+            await check_workloads(scale, users)
             logs = await read_logs(nc)
             check_logs(jobs, logs)
             await check_webhooks(users, by_job, receiver.received)
@@ -302,11 +307,32 @@ def check_histories(jobs: dict[UUID, str], by_job: dict[UUID, list[StoredEvent]]
         assert artifacts == Counter(ARTIFACTS), f"{job_id}: {artifacts}"
 
 
-async def check_workloads(scale: Execution, jobs: dict[UUID, str]) -> None:
+async def check_workloads(scale: Execution, users: Sequence[User]) -> None:
     async with scale.runner() as runner:
         workloads = await runner.list()
-    assert Counter(status.job_id for status in workloads) == Counter(jobs.keys())
+    jobs = [job_id for user in users for job_id in user.jobs]
+    assert Counter(status.job_id for status in workloads) == Counter(jobs)
     assert {status.state for status in workloads} == {WorkloadState.SUCCEEDED}
+    # Two dispatchers admitting at once never gave out more places than there are.
+    lifetimes = {status.job_id: (status.created_at, status.finished_at) for status in workloads}
+    assert most_at_once(lifetimes.values()) <= int(SCALE_SETTINGS["CKRV_DISPATCHER_CAPACITY"])
+    for user in users:
+        mine = [lifetimes[job_id] for job_id in user.jobs]
+        assert most_at_once(mine) <= TIERS[SubscriptionTier.ENTERPRISE].concurrent_jobs
+
+
+def most_at_once(lifetimes: Iterable[tuple[datetime, datetime | None]]) -> int:
+    """The most of these (start, end) spans that overlap at one moment."""
+    changes = []
+    for start, end in lifetimes:
+        assert end is not None
+        # At one moment an end comes before a start (-1 sorts first): a place freed is taken.
+        changes += [(start, 1), (end, -1)]
+    running = most = 0
+    for _, change in sorted(changes):
+        running += change
+        most = max(most, running)
+    return most
 
 
 def check_logs(jobs: dict[UUID, str], logs: dict[str, list[dict[str, Any]]]) -> None:
