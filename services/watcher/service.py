@@ -49,6 +49,9 @@ logger = logging.getLogger(__name__)
 
 # The end of a workload's output searched for the worker's last line.
 OUTPUT_TAIL_BYTES = 64 * 1024
+# Observations recorded at once. Each waits mostly on NATS and storage: one after the
+# other, the statuses of a thousand workloads starting or ending together queue for long.
+OBSERVATIONS_AT_ONCE = 32
 _FINISHED = frozenset({WorkloadState.SUCCEEDED, WorkloadState.FAILED})
 
 
@@ -72,14 +75,38 @@ class Watcher:
         self._storage = storage_client(common)
 
     async def follow(self, stop: asyncio.Event) -> None:
-        """Record every status the runner reports, until `stop`."""
-        async for status in self._runner.watch():
-            if stop.is_set():
-                return
+        """Record every status the runner reports, until `stop`: several workloads' at once,
+        each workload's in the order reported."""
+        room = asyncio.Semaphore(OBSERVATIONS_AT_ONCE)
+        recording: set[asyncio.Task[None]] = set()
+        # Each workload's last observation, which its next one waits for.
+        latest: dict[str, asyncio.Task[None]] = {}
+
+        async def record(status: WorkloadStatus, after: asyncio.Task[None] | None) -> None:
             try:
+                if after is not None:
+                    await asyncio.wait({after})
                 await self.observe(status)
             except Exception:
                 logger.exception("could not record an observation", extra={"workload": status.name})
+            finally:
+                room.release()
+                if latest.get(status.name) is asyncio.current_task():
+                    del latest[status.name]
+
+        try:
+            async for status in self._runner.watch():
+                if stop.is_set():
+                    return
+                await room.acquire()
+                task = asyncio.create_task(record(status, latest.get(status.name)))
+                latest[status.name] = task
+                recording.add(task)
+                task.add_done_callback(recording.discard)
+        finally:
+            for task in recording:
+                task.cancel()
+            await asyncio.gather(*recording, return_exceptions=True)
 
     async def observe(self, status: WorkloadStatus) -> None:
         state = (await self._store.load(status.job_id)).state
