@@ -19,6 +19,7 @@ runner answers the existing workload instead of starting a second.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import weakref
 from collections.abc import Callable, Sequence
@@ -39,7 +40,6 @@ from ckrv.events.catalog import (
     parse_event,
 )
 from ckrv.events.consumer import ConsumerSpec, Delivery, EventConsumer
-from ckrv.events.envelope import Event
 from ckrv.events.state import (
     ConfirmCancel,
     DispatchJob,
@@ -49,6 +49,7 @@ from ckrv.events.state import (
     JobTransitionError,
     QueueJob,
     decide,
+    evolve,
 )
 from ckrv.events.store import JobEventStore
 from ckrv.events.subjects import JOBS_STREAM
@@ -92,7 +93,7 @@ _FOLLOWED_EVENTS = (
 EVENT_HANDLERS = 16
 
 
-_Decision = Callable[[JobState], Sequence[Event]]
+_Decision = Callable[[JobState], Sequence[JobEvent]]
 
 
 def dispatcher_spec() -> ConsumerSpec:
@@ -176,15 +177,17 @@ class Dispatcher:
                 assert state.user_id is not None
                 position = await self._queue_length(UUID(state.user_id)) + 1
                 reason = "admitted" if state.status is JobStatus.SUBMITTED else "retry"
-                await self._execute(
-                    job_id,
-                    lambda current: (
-                        decide(current, QueueJob(actor=ACTOR, reason=reason, position=position))
-                        if current.status in {JobStatus.SUBMITTED, JobStatus.RETRYING}
-                        else []
-                    ),
+                state = (
+                    await self._execute(
+                        job_id,
+                        lambda current: (
+                            decide(current, QueueJob(actor=ACTOR, reason=reason, position=position))
+                            if current.status in {JobStatus.SUBMITTED, JobStatus.RETRYING}
+                            else []
+                        ),
+                    )
+                    or (await self._store.load(job_id)).state
                 )
-                state = (await self._store.load(job_id)).state
             if state.status is not JobStatus.QUEUED:
                 return
             await self._admit_row(state)
@@ -327,15 +330,17 @@ class Dispatcher:
             return
         if state.status is JobStatus.QUEUED:
             # The claim: once it is on JOBS, this attempt's workload is this dispatcher's to make.
-            await self._execute(
-                job_id,
-                lambda current: (
-                    decide(current, DispatchJob(actor=ACTOR, runner=self._runner.backend))
-                    if current.status is JobStatus.QUEUED and not current.cancel_requested
-                    else []
-                ),
+            state = (
+                await self._execute(
+                    job_id,
+                    lambda current: (
+                        decide(current, DispatchJob(actor=ACTOR, runner=self._runner.backend))
+                        if current.status is JobStatus.QUEUED and not current.cancel_requested
+                        else []
+                    ),
+                )
+                or (await self._store.load(job_id)).state
             )
-            state = (await self._store.load(job_id)).state
         if state.status not in {JobStatus.DISPATCHED, JobStatus.RUNNING}:
             return
         try:
@@ -435,12 +440,24 @@ class Dispatcher:
             )
         return opened
 
-    async def _execute(self, job_id: UUID, decision: _Decision) -> None:
+    async def _execute(self, job_id: UUID, decision: _Decision) -> JobState | None:
+        """Append the decision's events; the job's state after them, without reading it again
+        (None if another writer moved the job on meanwhile)."""
+        decided: list[JobState] = []
+
+        def deciding(current: JobState) -> Sequence[JobEvent]:
+            events = decision(current)
+            decided.append(functools.reduce(evolve, events, current))
+            return events
+
         try:
-            await self._store.execute(job_id, decision)
+            await self._store.execute(job_id, deciding)
         except JobTransitionError as error:
             # Another writer moved the job on (it ended, was cancelled): nothing left to do.
             logger.info("job moved on", extra={"job_id": str(job_id), "reason": str(error)})
+            return None
+        # The store decides again after losing a race: the last decision is the one appended.
+        return decided[-1]
 
     async def admit_until(self, stop: asyncio.Event) -> None:
         """Admission passes when woken by an event, and every few seconds, until `stop`."""
