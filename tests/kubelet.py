@@ -155,6 +155,10 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         self._subscribers: list[asyncio.Queue[Change]] = []
         self._watch_breaks = 0
         self._watch_break: dict[str, Any] | None = None
+        # Who owns what, kept with each change: the garbage collector looks up an owner's
+        # dependents here, where searching every object would take long with a thousand jobs.
+        self._owners: dict[tuple[kmock.resource, str, str], set[str]] = {}
+        self._dependents: dict[str, set[tuple[kmock.resource, str, str]]] = {}
 
     # --- changes -----------------------------------------------------------------------------
 
@@ -165,10 +169,37 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         event["object"].setdefault("metadata", {})["resourceVersion"] = str(self.version)
         change = Change(self.version, resource, copy.deepcopy(event))
         self.changes.append(change)
+        self._note_owners(change)
         for subscriber in self._subscribers:
             subscriber.put_nowait(change)
         async with self._changed:
             self._changed.notify_all()
+
+    def _note_owners(self, change: Change) -> None:
+        metadata = change.object["metadata"]
+        key = (change.resource, metadata.get("namespace"), metadata["name"])
+        owners = (
+            set()
+            if change.event["type"] == "DELETED"
+            else {ref["uid"] for ref in metadata.get("ownerReferences") or []}
+        )
+        for uid in self._owners.pop(key, set()) - owners:
+            self._dependents[uid].discard(key)
+            if not self._dependents[uid]:
+                del self._dependents[uid]
+        for uid in owners:
+            self._dependents.setdefault(uid, set()).add(key)
+        if owners:
+            self._owners[key] = owners
+
+    def dependents(self, uid: str) -> list[tuple[kmock.resource, dict[str, Any]]]:
+        """The objects that exist now with the object of `uid` among their owners."""
+        found = []
+        for resource, namespace, name in self._dependents.get(uid, set()):
+            obj = self.find(resource, namespace, name)
+            if obj is not None:
+                found.append((resource, obj))
+        return found
 
     async def subscribe(self) -> AsyncIterator[Change]:
         """Every change from now on, for the cluster's own controllers (never expires)."""
@@ -392,10 +423,6 @@ def _path(resource: kmock.resource, namespace: str, name: str | None = None) -> 
     return path if name is None else f"{path}/{name}"
 
 
-def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
-    return any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or [])
-
-
 def _condition(kind: str, reason: str | None = None, message: str | None = None) -> dict[str, Any]:
     moment = api_time()
     condition = {"type": kind, "status": "True", "lastProbeTime": moment}
@@ -503,7 +530,7 @@ class Controllers:
         await self.api.patch(JOBS, namespace, name, {"status": status})
 
     def _pods_of(self, namespace: str, uid: str) -> list[dict[str, Any]]:
-        return [pod for pod in self.emulator.live(PODS, namespace) if _owned_by(pod, uid)]
+        return [obj for resource, obj in self._dependents(namespace, uid) if resource == PODS]
 
     async def _pod_changed(self, pod: dict[str, Any]) -> None:
         phase = pod.get("status", {}).get("phase")
@@ -534,9 +561,8 @@ class Controllers:
     def _dependents(self, namespace: str, uid: str) -> list[tuple[kmock.resource, dict[str, Any]]]:
         return [
             (resource, obj)
-            for resource in (PODS, SECRETS)
-            for obj in self.emulator.live(resource, namespace)
-            if _owned_by(obj, uid)
+            for resource, obj in self.emulator.dependents(uid)
+            if resource in (PODS, SECRETS) and obj["metadata"]["namespace"] == namespace
         ]
 
     async def _delete_dependents(self, namespace: str, uid: str) -> None:
