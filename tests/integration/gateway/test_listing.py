@@ -162,8 +162,9 @@ async def test_the_estimate_comes_from_the_owners_last_run_on_the_same_repositor
 
     # A run on the repository that took 120 s.
     earlier = submit(client, git_repo_url=REPOSITORY)
-    await start(store, UUID(earlier), at=ago(200))
-    await succeed(store, UUID(earlier), at=ago(80))
+    began = ago(200)
+    await start(store, UUID(earlier), at=began)
+    await succeed(store, UUID(earlier), at=began + timedelta(seconds=120))
     finished = await wait_for_job(client, earlier, lambda job: job["status"] == "succeeded")
     assert finished["elapsed_seconds"] == pytest.approx(120, abs=0.01)
     assert finished["estimated_completion_at"] is None
@@ -194,15 +195,16 @@ async def test_elapsed_time_grows_while_a_job_runs(
     client = client_for("pro")
     job_id = submit(client)
     assert client.get(f"/jobs/{job_id}").json()["elapsed_seconds"] is None
-    await start(store, UUID(job_id), at=ago(50))
+    began = ago(50)
+    await start(store, UUID(job_id), at=began)
     first = await wait_for_job(client, job_id, lambda job: job["status"] == "running")
     assert first["elapsed_seconds"] >= 50
     await asyncio.sleep(0.2)
     second = client.get(f"/jobs/{job_id}").json()
     assert second["elapsed_seconds"] >= first["elapsed_seconds"] + 0.2
 
-    await succeed(store, UUID(job_id), at=ago(10))
+    await succeed(store, UUID(job_id), at=began + timedelta(seconds=40))
     done = await wait_for_job(client, job_id, lambda job: job["status"] == "succeeded")
-    assert done["elapsed_seconds"] == pytest.approx(40, abs=1)
+    assert done["elapsed_seconds"] == pytest.approx(40, abs=0.01)
     await asyncio.sleep(0.1)
     assert client.get(f"/jobs/{job_id}").json()["elapsed_seconds"] == done["elapsed_seconds"]
