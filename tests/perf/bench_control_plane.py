@@ -17,6 +17,7 @@ fast as the gateway takes them: one keep-alive connection per user, each sending
 next `POST /v1/jobs` as soon as the last one was answered. Each job holds its pod
 running for HOLD_SECONDS, longer than the submissions take, so all of them are in
 flight at once. From the moment a job's POST went out, the arrival of its
+- `job.queued` (the dispatcher took the submission up: the first part of the dispatch),
 - `job.dispatched` (the dispatcher admitted it and claimed the attempt),
 - `job.started` (the watcher saw its pod running), and
 - `job.succeeded`, the terminal event measured: the watcher appends it once the pod
@@ -25,12 +26,12 @@ on a NATS subscription to `jobs.>` made before anything is submitted. A job is l
 when it has no terminal event within END_SECONDS of the last submission, or when a
 `job.lost` was appended for it.
 
-The projector (the gateway's read model): the events the burst appended, over the
-time from the first submission until the projector's durable consumer had
-acknowledged the last of them (its rate, so, under this load rather than its
-ceiling); its largest backlog (events appended but not yet acknowledged), sampled
-every PROJECTOR_POLL_SECONDS; and how long after the last terminal event arrived the
-`jobs` table showed every job of the burst ended.
+The projector (the gateway's read model): the events the burst appended (by JOBS
+sequence; the parameters count the burst's jobs' events by kind), over the time from the
+first submission until the projector's durable consumer had acknowledged the last of them
+(its rate, so, under this load rather than its ceiling); its largest backlog (events
+appended but not yet acknowledged), sampled every PROJECTOR_POLL_SECONDS; and how long
+after the last terminal event arrived the `jobs` table showed every job of the burst ended.
 
 Where the time goes: the CPU time each process (with everything below it, PostgreSQL's
 backends for one) spent from the first submission until the read model was done, per job.
@@ -47,7 +48,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -107,7 +108,7 @@ WARM_UP_SPEC_ID = "bench-control-plane-warm-up"
 # How long the simulated worker keeps each job's pod running, by the job's spec id.
 HOLD_BY_SPEC = {MEASURED_SPEC_ID: HOLD_SECONDS, WARM_UP_SPEC_ID: 0.0}
 # The stages measured from each job's submission, by the event that ends them.
-STAGES = ("dispatched", "started", "succeeded")
+STAGES = ("queued", "dispatched", "started", "succeeded")
 DIFF = (
     b"diff --git a/DONE.md b/DONE.md\n"
     b"new file mode 100644\n"
@@ -383,20 +384,20 @@ def _pid(part: Supervised) -> int:
 
 
 class JobEvents:
-    """When each job's events arrived (the first of each kind), from a NATS subscription to
-    `jobs.>`; and a wait for a set of jobs to end."""
+    """When each job's events arrived (the first of each kind) and how many of each kind, from
+    a NATS subscription to `jobs.>`; and a wait for a set of jobs to end."""
 
     def __init__(self) -> None:
         self.arrived: dict[UUID, dict[str, float]] = defaultdict(dict)
+        self.counts: dict[UUID, Counter[str]] = defaultdict(Counter)
         self.ends: dict[UUID, str] = {}
-        self.received = 0
         self._waiting: set[UUID] = set()
         self._all_ended = asyncio.Event()
 
     async def note(self, message: Msg) -> None:
         _, job_id_text, token = message.subject.split(".")
         job_id = UUID(job_id_text)
-        self.received += 1
+        self.counts[job_id][token] += 1
         self.arrived[job_id].setdefault(token, time.perf_counter())
         if token in ENDS and job_id not in self.ends:
             self.ends[job_id] = token
@@ -690,8 +691,8 @@ async def run() -> BenchmarkResult:
             "them, dispatched by one dispatcher and watched by one watcher on the Kubernetes "
             "runner against kmock's emulator with a simulated kubelet; each job's pod runs "
             f"{HOLD_SECONDS:g} s and uploads a small result. Stages from each job's POST to the "
-            "arrival of its job.dispatched, job.started and job.succeeded (the terminal event, "
-            "appended by the watcher after verifying the uploads) on NATS."
+            "arrival of its job.queued, job.dispatched, job.started and job.succeeded (the "
+            "terminal event, appended by the watcher after verifying the uploads) on NATS."
         ),
         figures=figures(burst, events),
         parameters={
@@ -707,6 +708,9 @@ async def run() -> BenchmarkResult:
             "simulated_worker_runs": plane.cluster.report.get("runs"),
             "simulated_worker_failures": plane.cluster.report.get("failures"),
             "kubernetes_requests_served": plane.cluster.report.get("requests_served"),
+            "events_by_kind": dict(
+                sum((events.counts[job_id] for job_id in burst.submitted), Counter()).most_common()
+            ),
             "cpu_ms_per_job": {
                 name: round(seconds / JOBS * 1000, 2)
                 for name, seconds in sorted(burst.cpu_seconds.items(), key=lambda item: -item[1])
