@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 from uuid import UUID
 
 import nats
@@ -14,6 +15,8 @@ from nats.aio.client import Client
 from nats.js.api import ConsumerInfo
 from nats.js.errors import NotFoundError
 from prometheus_client import REGISTRY
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ckrv.events.catalog import JobEvent, parse_event
 from ckrv.events.consumer import (
@@ -31,6 +34,8 @@ from ckrv.events.consumer import (
 from ckrv.events.publisher import EventPublisher
 from ckrv.events.streams import DEAD_LETTER_STREAM
 from ckrv.events.subjects import JOBS_STREAM, dead_letter_subject, job_subjects
+from ckrv.services.common.db import create_engine, create_schema, session_factory
+from ckrv.services.common.inbox import claim_event
 from tests.integration.events.builders import submitted
 
 pytestmark = pytest.mark.integration
@@ -62,6 +67,27 @@ async def running(nc: Client, spec: ConsumerSpec, handler: Handler) -> AsyncIter
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=10)
+
+
+async def crash_after(nats_url: str, spec: ConsumerSpec, work: Handler) -> None:
+    """A consumer process that dies once `work` has returned for a message: no ack, no nak,
+    its connection gone. The message comes back to the next process after the ack wait."""
+    process = await nats.connect(nats_url)
+    worked = asyncio.Event()
+
+    async def works_then_hangs(delivery: Delivery[JobEvent]) -> None:
+        await work(delivery)
+        worked.set()
+        await asyncio.Event().wait()
+
+    consumer = EventConsumer(process.jetstream(), spec, parse_event, works_then_hangs)
+    crashing = asyncio.create_task(consumer.run(asyncio.Event()))
+    try:
+        await asyncio.wait_for(worked.wait(), 10)
+    finally:
+        crashing.cancel()
+        await asyncio.gather(crashing, return_exceptions=True)
+        await process.close()
 
 
 async def eventually(condition: Callable[[], bool], within: float = 10.0) -> None:
@@ -129,37 +155,90 @@ async def test_each_event_is_handled_once_in_order_and_acked(nc: Client, job_id:
     assert metric("ckrv_consumer_lag_messages", spec) == 0
 
 
-async def test_a_crash_before_ack_redelivers(provisioned_nats_url: str, job_id: UUID) -> None:
+async def test_a_crash_before_ack_redelivers(
+    provisioned_nats_url: str, nc: Client, job_id: UUID
+) -> None:
     spec = spec_for(job_id, ack_wait_seconds=1.0)
-    first_process = await nats.connect(provisioned_nats_url)
-    await EventPublisher(first_process).append(submitted(job_id), expected_sequence=0)
-    started = asyncio.Event()
+    await EventPublisher(nc).append(submitted(job_id), expected_sequence=0)
 
-    async def hangs(_: Delivery[JobEvent]) -> None:
-        started.set()
-        await asyncio.Event().wait()
+    async def nothing(_: Delivery[JobEvent]) -> None:
+        pass
 
-    consumer = EventConsumer(first_process.jetstream(), spec, parse_event, hangs)
-    crashed = asyncio.create_task(consumer.run(asyncio.Event()))
-    await asyncio.wait_for(started.wait(), 10)
-    # The process dies mid-handler: no ack, no nak, the connection is gone.
-    crashed.cancel()
-    await asyncio.gather(crashed, return_exceptions=True)
-    await first_process.close()
-
-    second_process = await nats.connect(provisioned_nats_url)
+    await crash_after(provisioned_nats_url, spec, nothing)
     deliveries: list[int] = []
 
     async def completes(delivery: Delivery[JobEvent]) -> None:
         deliveries.append(delivery.num_delivered)
 
-    try:
-        async with running(second_process, spec, completes):
-            await eventually(lambda: bool(deliveries))
-        assert deliveries == [2]
-        assert (await consumer_info(second_process, spec)).num_ack_pending == 0
-    finally:
-        await second_process.close()
+    async with running(nc, spec, completes):
+        await eventually(lambda: bool(deliveries))
+    assert deliveries == [2]
+    assert (await consumer_info(nc, spec)).num_ack_pending == 0
+
+
+@pytest.fixture
+async def effects(postgres_server: Any) -> AsyncIterator[AsyncEngine]:
+    """The database a handler applies its effects to, with the services' inbox table."""
+    await create_schema(postgres_server.dsn)
+    engine = create_engine(postgres_server.dsn)
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "create table if not exists consumer_test_effects"
+                " (event_id uuid not null, delivery int not null)"
+            )
+        )
+    yield engine
+    await engine.dispose()
+
+
+async def apply_once(engine: AsyncEngine, spec: ConsumerSpec, delivery: Delivery[JobEvent]) -> bool:
+    """Apply the event's effect as the services do: claimed by event id in the same
+    transaction. False when an earlier delivery's claim and effect were already committed."""
+    async with session_factory(engine)() as session, session.begin():
+        if not await claim_event(session, spec.durable, delivery.payload.id):
+            return False
+        await session.execute(
+            text("insert into consumer_test_effects values (:event_id, :delivery)"),
+            {"event_id": delivery.payload.id, "delivery": delivery.num_delivered},
+        )
+        return True
+
+
+async def test_a_redelivery_after_the_effect_was_committed_changes_nothing_and_is_acked(
+    provisioned_nats_url: str, nc: Client, job_id: UUID, effects: AsyncEngine
+) -> None:
+    spec = spec_for(job_id, ack_wait_seconds=1.0)
+    event = submitted(job_id)
+    await EventPublisher(nc).append(event, expected_sequence=0)
+
+    async def first_delivery(delivery: Delivery[JobEvent]) -> None:
+        assert await apply_once(effects, spec, delivery)
+
+    # The effect is committed, then the process dies before it acks.
+    await crash_after(provisioned_nats_url, spec, first_delivery)
+    outcomes: list[tuple[int, bool]] = []
+
+    async def idempotent(delivery: Delivery[JobEvent]) -> None:
+        outcomes.append((delivery.num_delivered, await apply_once(effects, spec, delivery)))
+
+    async with running(nc, spec, idempotent):
+        await eventually(lambda: bool(outcomes))
+    assert outcomes == [(2, False)]
+    async with effects.connect() as connection:
+        applied = await connection.execute(
+            text("select delivery from consumer_test_effects where event_id = :event_id"),
+            {"event_id": event.id},
+        )
+        assert applied.scalars().all() == [1]
+    # The duplicate was acked: nothing left to deliver or to come back, nothing dead-lettered.
+    info = await consumer_info(nc, spec)
+    assert info.num_pending == 0
+    assert info.num_ack_pending == 0
+    assert metric("ckrv_consumer_messages_total", spec, outcome="acked") == 1
+    assert metric("ckrv_consumer_messages_total", spec, outcome="dead_lettered") is None
+    with pytest.raises(NotFoundError):
+        await nc.jetstream().get_last_msg(DEAD_LETTER_STREAM, dead_letter_subject(spec.durable))
 
 
 async def test_malformed_json_is_dead_lettered_with_the_reason_and_the_consumer_goes_on(
