@@ -4,19 +4,20 @@ API tokens, and every kind of bad access token refused."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import httpx
 import pytest
 from joserfc import jwt
 from joserfc.jwk import RSAKey
-from sqlalchemy import update
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
 
@@ -26,7 +27,7 @@ from ckrv.services.gateway.identity.flows import (
     normalise_user_code,
 )
 from ckrv.services.gateway.identity.keys import AUDIENCE, generate_signing_key
-from ckrv.services.gateway.identity.tables import DeviceAuthorization
+from ckrv.services.gateway.identity.tables import ApiToken, DeviceAuthorization, RefreshToken
 from ckrv.services.gateway.tables import User
 from ckrv.services.stack.postgres_server import PostgresServer
 from tests.integration.gateway.jobs import job_body
@@ -57,12 +58,13 @@ def api(gateway: RunningGateway, token: str | None = None) -> httpx.Client:
     return httpx.Client(base_url=gateway.api_url, headers=headers, timeout=30)
 
 
-async def approved_tokens(
+async def device_flow(
     gateway: RunningGateway, engine: AsyncEngine, user: User
-) -> dict[str, Any]:
-    """Run the device flow for `user`, approving as the activation page would."""
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run the device flow for `user`, approving as the activation page would: the flow as
+    started (device and user code) and the tokens it yielded."""
     with api(gateway) as client:
-        started = client.post("/auth/device", json=CLIENT).json()
+        started: dict[str, Any] = client.post("/auth/device", json=CLIENT).json()
         async with session_factory(engine)() as session, session.begin():
             assert await decide_device_authorization(
                 session, started["user_code"], user.id, approve=True
@@ -73,7 +75,13 @@ async def approved_tokens(
         )
     assert response.status_code == 200, response.text
     tokens: dict[str, Any] = response.json()
-    return tokens
+    return started, tokens
+
+
+async def approved_tokens(
+    gateway: RunningGateway, engine: AsyncEngine, user: User
+) -> dict[str, Any]:
+    return (await device_flow(gateway, engine, user))[1]
 
 
 async def test_the_device_flow_from_code_to_tokens(
@@ -226,6 +234,97 @@ async def test_api_tokens_are_shown_once_work_and_can_be_revoked(
         assert client.delete(f"/tokens/{created.json()['id']}").status_code == 404
     with api(gateway, value) as script:
         assert script.get("/users/me").status_code == 401
+
+
+async def test_secrets_are_stored_as_their_sha256_hashes(
+    gateway: RunningGateway, database: AsyncEngine
+) -> None:
+    user = await new_user(database)
+    started, tokens = await device_flow(gateway, database, user)
+    with api(gateway, tokens["access_token"]) as client:
+        created = client.post("/tokens", json={"name": "hashed at rest"})
+    assert created.status_code == 201
+    api_token = created.json()["token"]
+    secrets = (started["device_code"], tokens["refresh_token"], api_token)
+
+    async with database.connect() as connection:
+        # Every column of every row, as PostgreSQL renders it: a secret kept in any form of
+        # text would show up here.
+        stored = " ".join(
+            [
+                row
+                for table in ("device_authorizations", "refresh_tokens", "api_tokens")
+                for row in (await connection.execute(text(f"SELECT t::text FROM {table} t")))
+                .scalars()
+                .all()
+            ]
+        )
+        device_code_hash = (
+            await connection.execute(
+                select(col(DeviceAuthorization.device_code_hash)).where(
+                    col(DeviceAuthorization.user_id) == user.id
+                )
+            )
+        ).scalar_one()
+        refresh_token_hash = (
+            await connection.execute(
+                select(col(RefreshToken.token_hash)).where(col(RefreshToken.user_id) == user.id)
+            )
+        ).scalar_one()
+        api_token_hash = (
+            await connection.execute(
+                select(col(ApiToken.token_hash)).where(col(ApiToken.user_id) == user.id)
+            )
+        ).scalar_one()
+    hashes = [device_code_hash, refresh_token_hash, api_token_hash]
+    # The documented form (tables.py): the SHA-256 hex digest of the secret.
+    assert hashes == [hashlib.sha256(secret.encode()).hexdigest() for secret in secrets]
+    for secret, hashed in zip(secrets, hashes, strict=True):
+        assert hashed in stored  # the scan saw the row...
+        assert secret not in stored  # ...and the secret nowhere in it
+
+
+async def test_an_expired_api_token_is_refused(
+    gateway: RunningGateway, database: AsyncEngine
+) -> None:
+    user = await new_user(database)
+    tokens = await approved_tokens(gateway, database, user)
+    with api(gateway, tokens["access_token"]) as client:
+        created = client.post("/tokens", json={"name": "short-lived", "expires_in_days": 1})
+    assert created.status_code == 201
+    value = created.json()["token"]
+    with api(gateway, value) as script:
+        assert script.get("/users/me").status_code == 200
+        # A day is the shortest lifetime the API grants; move its end into the past.
+        async with session_factory(database)() as session, session.begin():
+            await session.execute(
+                update(ApiToken)
+                .where(col(ApiToken.id) == UUID(created.json()["id"]))
+                .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+            )
+        for response in (script.get("/users/me"), script.post("/jobs", json=job_body())):
+            assert response.status_code == 401
+            assert response.json()["error"] == "unauthorized"
+
+
+async def test_one_users_api_tokens_are_out_of_another_users_reach(
+    gateway: RunningGateway, database: AsyncEngine
+) -> None:
+    alice, bob = await new_user(database), await new_user(database)
+    alice_tokens = await approved_tokens(gateway, database, alice)
+    bob_tokens = await approved_tokens(gateway, database, bob)
+    with api(gateway, alice_tokens["access_token"]) as as_alice:
+        created = as_alice.post("/tokens", json={"name": "alice's ci"}).json()
+    with api(gateway, bob_tokens["access_token"]) as as_bob:
+        assert as_bob.get("/tokens").json()["tokens"] == []
+        assert as_bob.delete(f"/tokens/{created['id']}").status_code == 404
+    # Bob's attempt changed nothing: Alice's token still lists and works.
+    with api(gateway, alice_tokens["access_token"]) as as_alice:
+        assert [token["id"] for token in as_alice.get("/tokens").json()["tokens"]] == [
+            created["id"]
+        ]
+    with api(gateway, created["token"]) as script:
+        assert script.get("/users/me").json()["email"] == alice.email
 
 
 def tampered(segment: str) -> str:
