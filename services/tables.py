@@ -9,6 +9,7 @@ from ckrv.services.common import credentials, inbox
 from ckrv.services.dispatcher import admission
 from ckrv.services.gateway import tables as gateway_tables
 from ckrv.services.gateway.identity import tables as identity_tables
+from ckrv.services.gateway.identity import throttle as identity_throttle
 from ckrv.services.log_relay import leases as log_relay_leases
 from ckrv.services.log_relay import positions as log_relay_positions
 from ckrv.services.notifier import tables as notifier_tables
@@ -19,6 +20,7 @@ TABLE_MODULES = (
     admission,
     gateway_tables,
     identity_tables,
+    identity_throttle,
     log_relay_positions,
     log_relay_leases,
     artifact_retention,

@@ -38,11 +38,7 @@ from ckrv.services.gateway.identity.flows import (
 )
 from ckrv.services.gateway.identity.passwords import password_problem
 from ckrv.services.gateway.identity.tables import DeviceAuthorization
-from ckrv.services.gateway.identity.throttle import (
-    Throttle,
-    sign_in_throttle,
-    user_code_throttle,
-)
+from ckrv.services.gateway.identity.throttle import SIGN_INS, USER_CODES
 from ckrv.services.gateway.identity.upstream import (
     CALLBACK_PATH,
     PENDING_CODE_KEY,
@@ -68,22 +64,6 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 NEW_CODE_HINT = "Run `ckrv cloud login` again for a new code."
-
-
-@dataclass
-class ActivationLimits:
-    """The page's throttles; one set per application (see throttle.py on the single process)."""
-
-    user_codes: Throttle
-    sign_ins: Throttle
-
-
-def _limits(request: Request) -> ActivationLimits:
-    limits: ActivationLimits | None = getattr(request.app.state, "activation_limits", None)
-    if limits is None:
-        limits = ActivationLimits(user_codes=user_code_throttle(), sign_ins=sign_in_throttle())
-        request.app.state.activation_limits = limits
-    return limits
 
 
 def _cookies(context: GatewayContext) -> SessionCookies:
@@ -223,18 +203,17 @@ async def _look_up(
     request: Request, context: GatewayContext, db: AsyncSession, visitor: Visitor, user_code: str
 ) -> CodeLookup:
     """The device authorization a typed code names, or the page saying why there is none."""
-    throttle = _limits(request).user_codes
     # Only a bounded prefix is kept as a key: the typed text is the client's to choose.
     code = normalise_user_code(user_code)[:16]
     address = _client_address(request)
-    retry_after = throttle.retry_after(address=address, code=code)
+    retry_after = await USER_CODES.retry_after(context.sessions, address=address, code=code)
     if retry_after:
         return _too_many(context, "Too many wrong codes were tried.", retry_after)
     authorization = None
     if len(code) == USER_CODE_LENGTH:
         authorization = await pending_authorization(db, code)
     if authorization is None:
-        throttle.record_failure(address=address, code=code)
+        await USER_CODES.record_failure(context.sessions, address=address, code=code)
         return _html(
             pages.code_entry_page(
                 account=visitor.account(),
@@ -379,15 +358,14 @@ async def sign_in(request: Request, context: ContextDep) -> Response:
             email=typed_email,
             status_code=400,
         )
-    throttle = _limits(request).sign_ins
     address = _client_address(request)
-    retry_after = throttle.retry_after(address=address, email=email)
+    retry_after = await SIGN_INS.retry_after(context.sessions, address=address, email=email)
     if retry_after:
         return _too_many(context, "Too many failed sign-ins.", retry_after)
     async with context.sessions() as db:
         user = await authenticate_local(db, email, password)
     if user is None:
-        throttle.record_failure(address=address, email=email)
+        await SIGN_INS.record_failure(context.sessions, address=address, email=email)
         return _sign_in(
             context,
             visitor,
@@ -396,7 +374,7 @@ async def sign_in(request: Request, context: ContextDep) -> Response:
             email=typed_email,
             status_code=401,
         )
-    throttle.windows["email"].clear(email)
+    await SIGN_INS.clear(context.sessions, "email", email)
     logger.info("signed in on the activation page", extra={"user_id": str(user.id)})
     return _redirect(
         pages.activate_url(user_code=user_code),

@@ -1,5 +1,5 @@
 """The activation page over HTTP: accounts, CSRF, approving and denying a device, code states,
-and the throttles on wrong codes and failed sign-ins.
+and the throttles on wrong codes and failed sign-ins, counted by all gateways together.
 
 Throttled requests come from their own loopback addresses (127.0.0.x), so they use
 up the budget of that address only and leave the other tests' 127.0.0.1 alone.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -383,6 +384,50 @@ async def test_one_wrong_code_is_throttled_across_addresses(
     # Only that code: the same address still reaches a real one.
     flow = await start_device_flow(api)
     assert (await last.get("/activate", user_code=flow["user_code"])).status_code == 200
+
+
+@asynccontextmanager
+async def signed_in_at(gateway: RunningGateway, address: str, email: str) -> AsyncIterator[Person]:
+    """A browser from `address` on `gateway`, signed in to the existing account `email`."""
+    visitor = Person.at(gateway, address)
+    visitor.email = email
+    try:
+        assert (await visitor.sign_in()).status_code == 303
+        yield visitor
+    finally:
+        await visitor.close()
+
+
+async def test_wrong_codes_are_counted_by_all_gateways_and_survive_a_restart(
+    person_at: PersonFactory, nats_server: NatsServer, postgres_server: PostgresServer
+) -> None:
+    address = fresh_addresses(1)[0]
+    first = person_at(address)
+    await first.sign_up()
+
+    def another_gateway() -> AbstractAsyncContextManager[RunningGateway]:
+        return started_gateway(nats_url=nats_server.url, database_url=postgres_server.dsn)
+
+    async with (
+        another_gateway() as second_gateway,
+        signed_in_at(second_gateway, address, first.email) as second,
+    ):
+        # Ten wrong codes in turn, five to each gateway: the budget of one.
+        for guesser in [first, second] * 5:
+            wrong = await guesser.get("/activate", user_code=impossible_user_code())
+            assert wrong.status_code == 404
+        for guesser in (first, second):
+            blocked = await guesser.get("/activate", user_code=impossible_user_code())
+            assert blocked.status_code == 429
+
+    # A gateway process started afresh, as after a restart, knows the count too.
+    async with (
+        another_gateway() as restarted,
+        signed_in_at(restarted, address, first.email) as after_restart,
+    ):
+        blocked = await after_restart.get("/activate", user_code=impossible_user_code())
+        assert blocked.status_code == 429
+        assert "Too many wrong codes" in blocked.text
 
 
 async def test_failed_sign_ins_are_throttled_per_email(person_at: PersonFactory) -> None:

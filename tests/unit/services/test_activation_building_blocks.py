@@ -1,5 +1,5 @@
-"""The activation page's parts that need no server: password hashes, throttles, the session
-cookie, the checks on an upstream ID token's claims, and escaping in the HTML."""
+"""The activation page's parts that need no server: password hashes, the session cookie,
+the checks on an upstream ID token's claims, and escaping in the HTML."""
 
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ from ckrv.services.gateway.identity.passwords import (
     password_problem,
     verify_password,
 )
-from ckrv.services.gateway.identity.throttle import FailureWindows, Limit, Throttle
 from ckrv.services.gateway.settings import GatewaySettings
 
 ISSUER = "https://login.example.com"
@@ -46,47 +45,6 @@ def test_new_passwords_must_be_long_enough_but_not_endless() -> None:
     assert password_problem("short") is not None
     assert password_problem("x" * 10) is None
     assert password_problem("x" * 5000) is not None
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_a_key_is_blocked_after_its_failures_until_they_leave_the_window() -> None:
-    clock = Clock()
-    windows = FailureWindows(Limit(failures=3, window_seconds=60), clock=clock)
-    for _ in range(3):
-        assert windows.retry_after("1.2.3.4") == 0
-        windows.record_failure("1.2.3.4")
-        clock.now += 10
-
-    assert windows.retry_after("1.2.3.4") == 30  # the first failure leaves at t=1060
-    assert windows.retry_after("5.6.7.8") == 0
-    clock.now = 1060
-    assert windows.retry_after("1.2.3.4") == 0
-    windows.record_failure("1.2.3.4")
-    assert windows.retry_after("1.2.3.4") == 10
-    windows.clear("1.2.3.4")
-    assert windows.retry_after("1.2.3.4") == 0
-
-
-def test_a_throttle_blocks_when_any_of_its_keys_is_blocked() -> None:
-    clock = Clock()
-    throttle = Throttle(
-        {
-            "address": FailureWindows(Limit(failures=3, window_seconds=60), clock=clock),
-            "code": FailureWindows(Limit(failures=2, window_seconds=60), clock=clock),
-        }
-    )
-    throttle.record_failure(address="a", code="X")
-    throttle.record_failure(address="b", code="X")
-
-    assert throttle.retry_after(address="c", code="X") == 60
-    assert throttle.retry_after(address="a", code="Y") == 0
 
 
 def _request(cookie: str | None) -> Request:
