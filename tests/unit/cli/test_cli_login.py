@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import shlex
 import socket
+import sys
+import webbrowser
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import keyring
 import keyring.core
@@ -412,3 +416,27 @@ def test_whoami_with_an_api_token_names_it(
     assert result.stdout.splitlines()[-1] == (
         f"Using the API token in CHAKRAVARTI_TOKEN at {service.api_url}."
     )
+
+
+def test_where_a_browser_can_open_login_opens_the_page_with_the_code_filled_in(
+    ckrv: CliRunner,
+    service: ContractServer,
+    credentials: EncryptedFileStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    opened = tmp_path / "opened"
+    record = f"import sys; open({str(opened)!r}, 'w').write(sys.argv[1])"
+    # The user's browser, as $BROWSER names it: a program given the address.
+    monkeypatch.setenv("BROWSER", f"{sys.executable} -c {shlex.quote(record)} %s")
+    monkeypatch.setattr(webbrowser, "_tryorder", None)  # read $BROWSER afresh
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # the user watches a terminal
+    service.device_flow(TOKENS, interval=INTERVAL, expires_in=30)
+    service.reply("GET", "/users/me", Reply(200, user_body()))
+
+    result = ckrv("cloud", "login")
+
+    assert result.exit_code == 0, result.stderr
+    assert opened.read_text() == f"{VERIFICATION_URI}?user_code={USER_CODE}"
+    assert "Opened your browser there." in result.stdout.splitlines()
+    assert credentials.load("default") is not None
