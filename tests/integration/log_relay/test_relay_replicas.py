@@ -105,6 +105,15 @@ def leave_file(runner: LocalRunner, workloads: list[Workload], name: str) -> Non
         (WorkloadFolder(runner.root / workload.name).workspace_dir / name).touch()
 
 
+async def until_following_every_job(relay: ServiceProcess, which: str) -> None:
+    """Wait until `relay` holds the lease of every job."""
+
+    async def following_every_job() -> bool:
+        return await metric(relay, LEASED) == JOBS
+
+    await wait_until(following_every_job, f"the {which} relay following every job")
+
+
 async def both_working(relays: tuple[ServiceProcess, ServiceProcess]) -> bool:
     """Whether each relay has jobs leased and has published some of their lines."""
     for relay in relays:
@@ -157,10 +166,7 @@ async def test_replicas_share_the_jobs_and_one_that_stops_hands_its_jobs_over_at
         assert len(replicas) == 1, "the stopped relay said it is gone"
         assert owners <= replicas, "the stopped relay gave its leases back"
 
-        async def all_staying() -> bool:
-            return await metric(staying, LEASED) == JOBS
-
-        await wait_until(all_staying, "the other relay following every job")
+        await until_following_every_job(staying, "other")
         leave_file(runner, workloads, "stop")
         await assert_published_once(nc, s3_server, runner, workloads)
         assert await metric(staying, ARCHIVES) == JOBS
@@ -186,10 +192,7 @@ async def test_the_jobs_of_a_killed_replica_are_taken_over_without_loss_or_repea
         # Mid-stream: the workloads write on until told to stop.
         os.killpg(process_id(killed), signal.SIGKILL)
 
-        async def all_surviving() -> bool:
-            return await metric(surviving, LEASED) == JOBS
-
-        await wait_until(all_surviving, "the surviving relay following every job")
+        await until_following_every_job(surviving, "surviving")
         leave_file(runner, workloads, "stop")
         await assert_published_once(nc, s3_server, runner, workloads)
         assert await metric(surviving, ARCHIVES) == JOBS
@@ -225,11 +228,7 @@ async def test_a_replica_paused_past_its_leases_publishes_nothing_once_it_goes_o
         published_before = await metric(paused, ENTRIES)
         os.killpg(process_id(paused), signal.SIGSTOP)
         try:
-
-            async def all_taken_over() -> bool:
-                return await metric(other, LEASED) == JOBS
-
-            await wait_until(all_taken_over, "the other relay following every job")
+            await until_following_every_job(other, "other")
             # The paused relay's followers find the second halves when it goes on.
             leave_file(runner, workloads, "go")
         finally:

@@ -246,24 +246,38 @@ def test_a_missing_base_branch_fails_the_job_naming_it(
     )
 
 
-def test_a_clone_the_server_fails_on_the_way_is_tried_again(
-    git_http_server: GitHttpServer, git_repositories: Path, uploads: Uploads, tmp_path: Path
-) -> None:
-    sample = create_sample_repository(git_repositories, f"flaky-{uploads.job_id.hex[:8]}")
-    git_http_server.fail_next_requests(sample.path, 2)
+def run_while_the_server_fails(
+    server: GitHttpServer,
+    repositories: Path,
+    uploads: Uploads,
+    folder: Path,
+    *,
+    failures: int,
+    script: list[str],
+) -> WorkerRun:
+    """A job whose repository's next `failures` requests the server answers with 503."""
+    sample = create_sample_repository(repositories, f"failing-{uploads.job_id.hex[:8]}")
+    server.fail_next_requests(sample.path, failures)
     job = make_job(
         job_id=uploads.job_id,
-        git_repo_url=git_http_server.url_for(sample.path),
-        spec_content=spec_text(["echo ok > OK.txt"]),
+        git_repo_url=server.url_for(sample.path),
+        spec_content=spec_text(script),
         upload_urls=uploads.urls,
         credential={"provider": "github", "credential_type": "pat"},
     )
+    return run_worker(job, folder, credential=server.token, environment=server.client_environment)
 
-    run = run_worker(
-        job,
+
+def test_a_clone_the_server_fails_on_the_way_is_tried_again(
+    git_http_server: GitHttpServer, git_repositories: Path, uploads: Uploads, tmp_path: Path
+) -> None:
+    run = run_while_the_server_fails(
+        git_http_server,
+        git_repositories,
+        uploads,
         tmp_path,
-        credential=git_http_server.token,
-        environment=git_http_server.client_environment,
+        failures=2,
+        script=["echo ok > OK.txt"],
     )
 
     assert run.exit_code == 0, run.stdout + run.stderr
@@ -278,21 +292,13 @@ def test_a_clone_the_server_fails_on_the_way_is_tried_again(
 def test_a_server_that_keeps_failing_fails_the_clone_after_three_tries(
     git_http_server: GitHttpServer, git_repositories: Path, uploads: Uploads, tmp_path: Path
 ) -> None:
-    sample = create_sample_repository(git_repositories, f"down-{uploads.job_id.hex[:8]}")
-    git_http_server.fail_next_requests(sample.path, 3)
-    job = make_job(
-        job_id=uploads.job_id,
-        git_repo_url=git_http_server.url_for(sample.path),
-        spec_content=spec_text(["echo never > NEVER.md"]),
-        upload_urls=uploads.urls,
-        credential={"provider": "github", "credential_type": "pat"},
-    )
-
-    run = run_worker(
-        job,
+    run = run_while_the_server_fails(
+        git_http_server,
+        git_repositories,
+        uploads,
         tmp_path,
-        credential=git_http_server.token,
-        environment=git_http_server.client_environment,
+        failures=3,
+        script=["echo never > NEVER.md"],
     )
 
     assert run.exit_code == 1, run.stdout
