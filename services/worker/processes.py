@@ -11,11 +11,12 @@ from __future__ import annotations
 import codecs
 import contextlib
 import os
+import select
 import selectors
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,14 +52,32 @@ def _signal_group(group: int, signal_number: signal.Signals) -> None:
         os.killpg(group, signal_number)
 
 
+def _leader_exited(process: subprocess.Popen[bytes], timeout: float = 0) -> bool:
+    """Whether the group's leader has exited, waiting up to `timeout` seconds, without reaping
+    it: until it is reaped, its pid (the group's id) cannot be given to another process."""
+    if process.returncode is not None:
+        return True
+    exited = os.pidfd_open(process.pid)
+    try:
+        readable, _, _ = select.select([exited], [], [], timeout)
+    finally:
+        os.close(exited)
+    return bool(readable)
+
+
+def _kill_group_and_reap(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL whatever is left in the group while its id is still ours, then reap the leader."""
+    if process.returncode is None:
+        _signal_group(process.pid, signal.SIGKILL)
+    process.wait()
+
+
 def stop_group(process: subprocess.Popen[bytes], grace_seconds: float = STOP_GRACE_SECONDS) -> None:
     """Stop `process` and everything in its group: SIGTERM, a grace period, then SIGKILL."""
-    if process.poll() is None:
+    if not _leader_exited(process):
         _signal_group(process.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(grace_seconds)
-    _signal_group(process.pid, signal.SIGKILL)
-    process.wait()
+        _leader_exited(process, grace_seconds)
+    _kill_group_and_reap(process)
 
 
 @contextmanager
@@ -82,6 +101,7 @@ def run_captured(
     argv: Sequence[str], *, cwd: Path, env: dict[str, str], deadline: Deadline
 ) -> Completed:
     """Run `argv` to its end and return what it printed; `TimeLimitExceeded` at the deadline."""
+    stdout, stderr = bytearray(), bytearray()
     with process_group(
         argv,
         cwd=cwd,
@@ -90,10 +110,13 @@ def run_captured(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     ) as process:
-        try:
-            stdout, stderr = process.communicate(timeout=deadline.remaining())
-        except subprocess.TimeoutExpired:
-            raise TimeLimitExceeded(deadline.limit_seconds) from None
+        assert process.stdout is not None
+        assert process.stderr is not None
+        _pump_output(
+            process,
+            deadline,
+            {process.stdout.fileno(): stdout.extend, process.stderr.fileno(): stderr.extend},
+        )
     return Completed(
         process.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace")
     )
@@ -124,30 +147,32 @@ class _LineSplitter:
 
 
 def _pump_output(
-    process: subprocess.Popen[bytes], deadline: Deadline, lines: _LineSplitter
+    process: subprocess.Popen[bytes],
+    deadline: Deadline,
+    sinks: Mapping[int, Callable[[bytes], object]],
 ) -> None:
-    """Forward the output until the command has exited and its output is closed."""
-    assert process.stdout is not None
-    output = process.stdout.fileno()
+    """Hand each output's chunks to its sink until the command has exited and they are closed.
+
+    `TimeLimitExceeded` at the deadline (the caller's `process_group` then stops the group).
+    """
     exited = os.pidfd_open(process.pid)
     try:
         with selectors.DefaultSelector() as selector:
-            selector.register(output, selectors.EVENT_READ)
             selector.register(exited, selectors.EVENT_READ)
+            for output, sink in sinks.items():
+                selector.register(output, selectors.EVENT_READ, sink)
             while selector.get_map():
                 for key, _ in selector.select(deadline.remaining()):
                     if key.fd == exited:
-                        process.wait()
-                        # Its background leftovers would hold the output open; stop them now.
-                        _signal_group(process.pid, signal.SIGKILL)
+                        # Its background leftovers would hold the outputs open; stop them now.
+                        _kill_group_and_reap(process)
                         selector.unregister(exited)
-                    elif chunk := os.read(output, _READ_SIZE):
-                        lines.feed(chunk)
+                    elif chunk := os.read(key.fd, _READ_SIZE):
+                        key.data(chunk)
                     else:
-                        selector.unregister(output)
+                        selector.unregister(key.fd)
     finally:
         os.close(exited)
-    lines.close()
 
 
 def run_streamed(
@@ -175,5 +200,8 @@ def run_streamed(
                 stderr=subprocess.STDOUT,
             )
         )
-        _pump_output(process, deadline, _LineSplitter(on_line))
+        assert process.stdout is not None
+        lines = _LineSplitter(on_line)
+        _pump_output(process, deadline, {process.stdout.fileno(): lines.feed})
+        lines.close()
         return process.returncode

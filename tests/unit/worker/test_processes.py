@@ -88,3 +88,46 @@ def test_a_captured_command_past_the_deadline_is_killed(tmp_path: Path) -> None:
         )
 
     assert gone(int(leader.read_text()))
+
+
+def test_a_captured_command_returns_when_it_exits_with_its_leftovers_stopped(
+    tmp_path: Path,
+) -> None:
+    # The leftover shares the command's output pipes: it must not hold the call open.
+    completed = run_captured(
+        ["/bin/sh", "-c", f"{SLEEP} & echo $!"],
+        cwd=tmp_path,
+        env=dict(os.environ),
+        deadline=Deadline(60),
+    )
+
+    assert completed.returncode == 0
+    assert gone(int(completed.stdout))
+
+
+@pytest.mark.parametrize("captured", [True, False], ids=["captured", "streamed"])
+def test_a_group_is_killed_while_its_leader_is_unreaped_so_its_id_is_not_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, captured: bool
+) -> None:
+    leader_states: list[str] = []
+    kill_group = os.killpg
+
+    def observe_leader_then_kill(group: int, signal_number: int) -> None:
+        # A reaped leader has no /proc entry left; an unreaped one is a zombie ("Z").
+        stat = Path(f"/proc/{group}/stat")
+        leader_states.append(
+            stat.read_text().rsplit(")", 1)[1].split()[0] if stat.exists() else "reaped"
+        )
+        kill_group(group, signal_number)
+
+    monkeypatch.setattr(os, "killpg", observe_leader_then_kill)
+    script = f"{SLEEP} & exit 0"
+    if captured:
+        run_captured(
+            ["/bin/sh", "-c", script], cwd=tmp_path, env=dict(os.environ), deadline=Deadline(60)
+        )
+    else:
+        streamed(script, tmp_path)
+
+    assert leader_states
+    assert set(leader_states) == {"Z"}
