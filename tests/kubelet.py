@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
@@ -667,29 +668,74 @@ class Container(Protocol):
 
 
 class _ProcessContainer:
-    def __init__(self, process: asyncio.subprocess.Process, log: PodLog) -> None:
-        assert process.stdout is not None
+    """A container's main process, left unreaped until its process group has been killed.
+
+    asyncio's subprocesses are reaped the moment they exit, after which their pid (the
+    group's id) may go to any new process, such as a service the tests started: a later
+    SIGKILL to the group, or a SIGTERM racing the reap, would reach that process instead.
+    """
+
+    def __init__(
+        self, process: subprocess.Popen[bytes], output: asyncio.StreamReader, log: PodLog
+    ) -> None:
         self._process = process
-        self._reader = asyncio.create_task(_read_lines(process.stdout, log))
+        self._returncode: int | None = None
+        self._exited = asyncio.get_running_loop().create_future()
+        self._pidfd = os.pidfd_open(process.pid)
+        asyncio.get_running_loop().add_reader(self._pidfd, self._on_exit)
+        self._reader = asyncio.create_task(_read_lines(output, log))
+
+    @classmethod
+    async def start(
+        cls, argv: list[str], *, cwd: str, env: Mapping[str, str], log: PodLog
+    ) -> _ProcessContainer:
+        process = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        assert process.stdout is not None
+        output = asyncio.StreamReader()
+        await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(output), process.stdout
+        )
+        return cls(process, output, log)
+
+    def _on_exit(self) -> None:
+        asyncio.get_running_loop().remove_reader(self._pidfd)
+        ended = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOWAIT)
+        assert ended is not None
+        exited_normally = ended.si_code == os.CLD_EXITED
+        self._returncode = ended.si_status if exited_normally else -ended.si_status
+        self._exited.set_result(None)
 
     @property
     def returncode(self) -> int | None:
-        return self._process.returncode
+        return self._returncode
 
     async def wait(self) -> int:
-        return await self._process.wait()
+        # Shielded: a waiter given up on (see `_either`) must not cancel the exit itself.
+        await asyncio.shield(self._exited)
+        assert self._returncode is not None
+        return self._returncode
 
     def terminate(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            self._process.send_signal(signal.SIGTERM)
+        signal.pidfd_send_signal(self._pidfd, signal.SIGTERM)
 
     def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._process.pid, signal.SIGKILL)
+        if self._process.returncode is None:  # unreaped: the group's id is still ours
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._process.pid, signal.SIGKILL)
 
     async def close(self) -> None:
         # When the main process ends, the container ends: nothing else in it survives.
         self.kill()
+        self._process.wait()
+        os.close(self._pidfd)
         await self._reader
 
 
@@ -953,16 +999,9 @@ class Kubelet:
             if program is not None:
                 run.container = _ProgramContainer(program(env, log), log)
             else:
-                process = await asyncio.create_subprocess_exec(
-                    *command,
-                    cwd=local(container.get("workingDir", "/")),
-                    env=env,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.STDOUT,
-                    start_new_session=True,
+                run.container = await _ProcessContainer.start(
+                    command, cwd=local(container.get("workingDir", "/")), env=env, log=log
                 )
-                run.container = _ProcessContainer(process, log)
         except OSError as error:
             state = {
                 "terminated": {

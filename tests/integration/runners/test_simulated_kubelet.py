@@ -1,8 +1,10 @@
-"""The simulated kubelet runs the pods of a program's image as that coroutine, not a process."""
+"""The simulated kubelet: a program's image runs as that coroutine, other images as processes
+whose signals never reach another process."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -56,3 +58,31 @@ async def test_a_stopped_program_is_cancelled(cluster: SimulatedCluster) -> None
         remaining = await runner.get(request.name)
     assert cancelled.is_set()
     assert remaining is None
+
+
+async def test_a_container_process_group_is_killed_only_while_its_pid_is_still_its_own(
+    cluster: SimulatedCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leader_states: list[str] = []
+    kill_group = os.killpg
+
+    def observe_leader_then_kill(group: int, signal_number: int) -> None:
+        # A reaped leader has no /proc entry left (its pid may be anyone's); an unreaped one
+        # is a zombie ("Z") or still running.
+        stat = Path(f"/proc/{group}/stat")
+        leader_states.append(
+            stat.read_text().rsplit(")", 1)[1].split()[0] if stat.exists() else "reaped"
+        )
+        kill_group(group, signal_number)
+
+    monkeypatch.setattr(os, "killpg", observe_leader_then_kill)
+    async with cluster.runner() as runner:
+        request = python_request("print('done')")
+        await runner.create(request)
+        status = await finished(runner, request.name)
+        # Deleting the finished pod kills its container again, long after the process ended.
+        await runner.delete(request.name)
+        await cluster.kubelet.idle()
+    assert status.state is WorkloadState.SUCCEEDED
+    assert leader_states
+    assert "reaped" not in leader_states
