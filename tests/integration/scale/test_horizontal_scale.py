@@ -184,6 +184,16 @@ async def kill(process: ServiceProcess) -> None:
     await process.stop()
 
 
+def assert_every_replica_runs(scale: Execution) -> None:
+    """Fail at once, with its log, if a replica ended on its own: the kill would leave none."""
+    for name, processes in scale.replicas.items():
+        for number, process in enumerate(processes, start=1):
+            assert process.process is not None
+            assert not process.process.has_exited(), (
+                f"{name} replica {number} ended before the kill:\n{process.process.log_tail()}"
+            )
+
+
 async def read_logs(nc: Client) -> dict[str, list[dict[str, Any]]]:
     """Every entry on LOGS by subject, in stream order."""
     js = nc.jetstream()
@@ -248,6 +258,7 @@ async def test_two_of_everything_run_200_jobs_once_each_through_a_kill(
             await watch.until(
                 lambda: len(watch.ended) >= KILL_AFTER_ENDED, "a quarter ended", within=150
             )
+            assert_every_replica_runs(scale)
             killed = {name: processes[0] for name, processes in scale.replicas.items()}
             await asyncio.gather(*(kill(process) for process in killed.values()))
             # The gateway comes back; the services' survivors carry on alone.
