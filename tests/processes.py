@@ -7,8 +7,11 @@ and only waits for its parent (here often the sandbox's init) to collect it.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 PROC = Path("/proc")
 
@@ -88,3 +91,22 @@ def processes_mentioning(text: str) -> set[int]:
         if needle in command_line and entry.state != "Z":
             found.add(pid)
     return found
+
+
+def leader_states_at_group_kills(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """From now on, the state of a group's leader each time `os.killpg` signals the group.
+
+    "reaped" when the leader has no /proc entry left: its pid, the group's id, may then be
+    anyone's, and the signal could reach a stranger. Otherwise its state letter ("Z" for a
+    zombie not yet reaped).
+    """
+    states: list[str] = []
+    kill_group = os.killpg
+
+    def observe_leader_then_kill(group: int, signal_number: int) -> None:
+        leader = _entry(group)
+        states.append("reaped" if leader is None else leader.state)
+        kill_group(group, signal_number)
+
+    monkeypatch.setattr(os, "killpg", observe_leader_then_kill)
+    return states

@@ -4,7 +4,6 @@ whose signals never reach another process."""
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 
 from ckrv.services.runners.base import INPUT_DIR_ENV, WorkloadState
 from tests.kubelet import PodLog, SimulatedCluster, cluster
+from tests.processes import leader_states_at_group_kills
 from tests.runner_contract import finished, output_of, python_request, running
 
 pytestmark = pytest.mark.integration
@@ -63,19 +63,7 @@ async def test_a_stopped_program_is_cancelled(cluster: SimulatedCluster) -> None
 async def test_a_container_process_group_is_killed_only_while_its_pid_is_still_its_own(
     cluster: SimulatedCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    leader_states: list[str] = []
-    kill_group = os.killpg
-
-    def observe_leader_then_kill(group: int, signal_number: int) -> None:
-        # A reaped leader has no /proc entry left (its pid may be anyone's); an unreaped one
-        # is a zombie ("Z") or still running.
-        stat = Path(f"/proc/{group}/stat")
-        leader_states.append(
-            stat.read_text().rsplit(")", 1)[1].split()[0] if stat.exists() else "reaped"
-        )
-        kill_group(group, signal_number)
-
-    monkeypatch.setattr(os, "killpg", observe_leader_then_kill)
+    leader_states = leader_states_at_group_kills(monkeypatch)
     async with cluster.runner() as runner:
         request = python_request("print('done')")
         await runner.create(request)

@@ -9,6 +9,7 @@ import pytest
 
 from ckrv.services.worker.outcome import TimeLimitExceeded
 from ckrv.services.worker.processes import Deadline, run_captured, run_streamed
+from tests.processes import leader_states_at_group_kills
 from tests.unit.worker.worker_runs import gone
 
 SLEEP = "sleep 600"
@@ -109,18 +110,7 @@ def test_a_captured_command_returns_when_it_exits_with_its_leftovers_stopped(
 def test_a_group_is_killed_while_its_leader_is_unreaped_so_its_id_is_not_reused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, captured: bool
 ) -> None:
-    leader_states: list[str] = []
-    kill_group = os.killpg
-
-    def observe_leader_then_kill(group: int, signal_number: int) -> None:
-        # A reaped leader has no /proc entry left; an unreaped one is a zombie ("Z").
-        stat = Path(f"/proc/{group}/stat")
-        leader_states.append(
-            stat.read_text().rsplit(")", 1)[1].split()[0] if stat.exists() else "reaped"
-        )
-        kill_group(group, signal_number)
-
-    monkeypatch.setattr(os, "killpg", observe_leader_then_kill)
+    leader_states = leader_states_at_group_kills(monkeypatch)
     script = f"{SLEEP} & exit 0"
     if captured:
         run_captured(
