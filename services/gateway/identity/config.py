@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 
+from authlib.common.security import is_secure_transport
+
+from ckrv.services.common.settings import Environment
 from ckrv.services.gateway.identity.flows import IdentityPolicy
 from ckrv.services.gateway.identity.keys import SigningKeys, generate_signing_key
 from ckrv.services.gateway.settings import GatewaySettings
@@ -19,6 +23,12 @@ def load_identity(settings: GatewaySettings) -> tuple[SigningKeys, IdentityPolic
         # Only reachable with CKRV_ENV=dev (the setting is a dev default).
         logger.warning("no signing keys configured: generated one; tokens end with this process")
         keys = SigningKeys([generate_signing_key()], issuer=issuer)
+    if settings.env is Environment.DEV and not is_secure_transport(issuer):
+        # authlib answers OAuth requests to a plain-HTTP address other than loopback with
+        # `insecure_transport`; a development cluster serves http://ckrv.localhost. This is
+        # authlib's own switch for development.
+        logger.warning("development: OAuth over plain HTTP is accepted at %s", issuer)
+        os.environ["AUTHLIB_INSECURE_TRANSPORT"] = "1"
     policy = IdentityPolicy(
         access_token_seconds=settings.access_token_seconds,
         refresh_token_days=settings.refresh_token_days,
