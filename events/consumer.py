@@ -11,6 +11,13 @@ decides the message's fate:
 
 Dead letters go to `deadletter.<consumer>` (kept by the DEADLETTER stream) with the
 original payload and the reason in headers, and the consumer keeps going.
+
+Stopping is orderly: once `stop` is set the consumer fetches nothing more (a fetch
+under way is abandoned), the handlers at work finish and their messages meet their
+fate as above, and only then does `run` return, so the service closes its connections
+after the last ack. A handler cut off by cancellation (the service's shutdown timeout)
+hands its message back at once, for another replica to take without waiting for the
+ack wait.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import Counter, Gauge, Histogram
@@ -96,6 +104,9 @@ class ConsumerSpec:
     # busy), wait this long before the next one, so that it takes what arrived meanwhile at
     # once: fewer, larger batches for a little latency. A lone message never waits for it.
     linger_seconds: float = 0.0
+    # Fetches handled at once, each by a pull of its own on the shared consumer, as replicas
+    # do: for handlers that mostly wait on NATS and PostgreSQL.
+    handlers: int = 1
 
     def retry_delay(self, num_delivered: int) -> float:
         return self.retry_delays[min(num_delivered, len(self.retry_delays)) - 1]
@@ -135,25 +146,54 @@ class EventConsumer(Generic[T]):
         await self._js.add_consumer(self._spec.stream, self._spec.config())
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Fetch and handle until `stop` is set, then finish the message in hand and return."""
+        """Fetch and handle until `stop` is set; return once the messages in hand are done.
+
+        If one of the spec's `handlers` fails, the others are cancelled (handing back
+        their messages) and the failure is raised once they have ended.
+        """
         await self.ensure_consumer()
+        async with asyncio.TaskGroup() as handlers:
+            for _ in range(self._spec.handlers):
+                handlers.create_task(self._fetch_and_handle(stop))
+
+    async def _fetch_and_handle(self, stop: asyncio.Event) -> None:
         subscription = await self._js.pull_subscribe_bind(
             self._spec.durable, stream=self._spec.stream
         )
         try:
-            while not stop.is_set():
-                try:
-                    batch = await subscription.fetch(
-                        self._spec.batch_size, timeout=self._spec.fetch_timeout_seconds
-                    )
-                except TimeoutError:  # nothing arrived within the fetch window
-                    continue
+            while (batch := await self._fetch(subscription, stop)) is not None:
                 await self._handle_fetched(batch, stop)
                 if 1 < len(batch) < self._spec.batch_size and self._spec.linger_seconds > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), self._spec.linger_seconds)
         finally:
+            # The server drops a pull request nobody listens to any more: an abandoned
+            # fetch brings nothing after this.
             await subscription.unsubscribe()
+
+    async def _fetch(
+        self, subscription: JetStreamContext.PullSubscription, stop: asyncio.Event
+    ) -> list[Msg] | None:
+        """The next fetch's messages, or None once `stop` is set (the fetch abandoned)."""
+        while not stop.is_set():
+            fetching = asyncio.create_task(
+                subscription.fetch(self._spec.batch_size, timeout=self._spec.fetch_timeout_seconds)
+            )
+            stopping = asyncio.create_task(stop.wait())
+            try:
+                await asyncio.wait({fetching, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (fetching, stopping):
+                    task.cancel()
+                await asyncio.gather(fetching, stopping, return_exceptions=True)
+            if fetching.cancelled():
+                break
+            try:
+                # Messages that came as `stop` was set are handed back by the caller.
+                return fetching.result()
+            except TimeoutError:  # nothing arrived within the fetch window
+                continue
+        return None
 
     async def _handle_fetched(self, batch: list[Msg], stop: asyncio.Event) -> None:
         """Handle a fetch's messages one after the other."""
@@ -193,7 +233,7 @@ class EventConsumer(Generic[T]):
     async def _handle_delivery(self, message: Msg, delivery: Delivery[T]) -> None:
         started = time.perf_counter()
         try:
-            async with self._keep_alive(message):
+            async with self._in_hand(message):
                 await self._handler(delivery)
         except PermanentError as error:
             await self._dead_letter(message, f"permanent failure: {error}")
@@ -263,8 +303,9 @@ class EventConsumer(Generic[T]):
         )
 
     @contextlib.asynccontextmanager
-    async def _keep_alive(self, *messages: Msg) -> AsyncIterator[None]:
-        """Tell the server the messages are still being worked on while a slow handler runs."""
+    async def _in_hand(self, *messages: Msg) -> AsyncIterator[None]:
+        """While a handler works on `messages`: tell the server they are still being worked
+        on (a slow handler keeps them), and hand them back if the handler is cut off."""
 
         async def beat() -> None:
             while True:
@@ -275,6 +316,12 @@ class EventConsumer(Generic[T]):
         heartbeat = asyncio.create_task(beat())
         try:
             yield
+        except asyncio.CancelledError:
+            # One that cannot be handed back (the connection is gone) comes back anyway,
+            # only later: after the ack wait.
+            with contextlib.suppress(NatsError):
+                await self._hand_back(messages)
+            raise
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -319,7 +366,7 @@ class BatchEventConsumer(EventConsumer[T]):
         messages = [message for message, _ in decoded]
         started = time.perf_counter()
         try:
-            async with self._keep_alive(*messages):
+            async with self._in_hand(*messages):
                 await self._batch_handler([delivery for _, delivery in decoded])
         except Exception:
             logger.warning(

@@ -10,10 +10,10 @@ order after it returned.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nats.aio.client import Client
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -104,10 +104,18 @@ class EventService(Service):
 
 
 class Concurrently:
-    """Work made of parts that run side by side, each returning once `stop` is set."""
+    """Work made of parts that run side by side, each returning once `stop` is set.
 
-    def __init__(self, *parts: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    It returns only once every part has ended: the connections close after it, and must
+    not close under a part still at work (a handler finishing its event). If a part
+    fails, the others are cancelled (a consumer hands back the events it had in hand),
+    and the failure is raised once they have ended.
+    """
+
+    def __init__(self, *parts: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
         self._parts = parts
 
     async def run(self, stop: asyncio.Event) -> None:
-        await asyncio.gather(*(part(stop) for part in self._parts))
+        async with asyncio.TaskGroup() as parts:
+            for part in self._parts:
+                parts.create_task(part(stop))

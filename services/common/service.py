@@ -4,6 +4,7 @@ A service implements `run(stop)`, doing its work until `stop` is set. The
 runner serves /healthz, /readyz and /metrics next to it (on the service's own
 app when it has one, as the gateway does), turns SIGTERM and SIGINT into `stop`,
 and gives in-flight work `shutdown_timeout_seconds` to finish before cancelling it.
+Only once the work has ended does it `close` the service's connections.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ logger = logging.getLogger(__name__)
 GC_YOUNG_THRESHOLD = 10_000
 # How long a thread may hold the interpreter while another one waits for it.
 THREAD_SWITCH_SECONDS = 0.001
+# How long cancelled work may take to end (a consumer handing back its messages) before
+# the process stops without it.
+CANCELLED_WORK_GRACE_SECONDS = 2.0
 
 
 class Service(abc.ABC):
@@ -87,21 +91,25 @@ async def run_in_thread(
     """
     loop = asyncio.get_running_loop()
     outcome: asyncio.Future[None] = loop.create_future()
-    handover: concurrent.futures.Future[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = (
-        concurrent.futures.Future()
-    )
+    handover: concurrent.futures.Future[
+        tuple[asyncio.AbstractEventLoop, asyncio.Event, asyncio.Task[None]]
+    ] = concurrent.futures.Future()
 
     def report(error: BaseException | None) -> None:
         if outcome.done():
             return
         if error is None:
             outcome.set_result(None)
+        elif isinstance(error, asyncio.CancelledError):
+            outcome.cancel()
         else:
             outcome.set_exception(error)
 
     async def main() -> None:
         own_stop = asyncio.Event()
-        handover.set_result((asyncio.get_running_loop(), own_stop))
+        main_task = asyncio.current_task()
+        assert main_task is not None
+        handover.set_result((asyncio.get_running_loop(), own_stop, main_task))
         await work(own_stop)
 
     def thread_main() -> None:
@@ -121,7 +129,7 @@ async def run_in_thread(
     sys.setswitchinterval(min(sys.getswitchinterval(), THREAD_SWITCH_SECONDS))
     # A daemon: if shutdown gives up on the work, the thread does not keep the process alive.
     threading.Thread(target=thread_main, name=name, daemon=True).start()
-    own_loop, own_stop = await asyncio.wrap_future(handover)
+    own_loop, own_stop, own_work = await asyncio.wrap_future(handover)
     stopping = asyncio.create_task(stop.wait())
     either: list[asyncio.Future[Any]] = [outcome, stopping]
     try:
@@ -130,7 +138,15 @@ async def run_in_thread(
         stopping.cancel()
         with contextlib.suppress(RuntimeError):  # the work's loop has already ended
             own_loop.call_soon_threadsafe(own_stop.set)
-    await outcome
+    try:
+        await asyncio.shield(outcome)
+    except asyncio.CancelledError:
+        # Cut off (the shutdown timeout): so is the work, on its own loop, and it has ended
+        # (handing back what it held) before the caller goes on to close connections.
+        with contextlib.suppress(RuntimeError):
+            own_loop.call_soon_threadsafe(own_work.cancel)
+        await asyncio.wait([outcome])
+        raise
 
 
 async def run_service(service: Service, settings: ServiceSettings) -> int:
@@ -194,13 +210,19 @@ async def _serve_until_stopped(
     for task in unfinished:
         logger.warning("cancelling %s after the shutdown timeout", task.get_name())
         task.cancel()
-    await asyncio.gather(work, http, return_exceptions=True)
+    stuck: set[asyncio.Task[None]] = set()
+    if unfinished:
+        _, stuck = await asyncio.wait(unfinished, timeout=CANCELLED_WORK_GRACE_SECONDS)
     stopping.cancel()
     await service.close()
     listener.close()
 
     exit_code = 0
     for task in (work, http):
+        if task in stuck:
+            logger.error("%s did not end when cancelled; stopping without it", task.get_name())
+            exit_code = 1
+            continue
         failure = None if task.cancelled() else task.exception()
         if failure is not None or task in ended_early:
             logger.error("%s ended unexpectedly", task.get_name(), exc_info=failure)

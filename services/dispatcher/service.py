@@ -108,6 +108,7 @@ def dispatcher_spec() -> ConsumerSpec:
         # rest of the batch came or the fetch timed out, so a lone submission would wait up
         # to the fetch timeout. Handled one at a time anyway, the events lose nothing by it.
         batch_size=1,
+        handlers=EVENT_HANDLERS,
         # What a dispatcher that died had fetched comes back to its successor after this;
         # a handler still at work keeps its message by telling the server it is.
         ack_wait_seconds=5.0,
@@ -491,4 +492,4 @@ async def dispatcher_work(
     consumer = EventConsumer(
         connections.nats.jetstream(), dispatcher_spec(), parse_event, dispatcher.handle
     )
-    return Concurrently(*[consumer.run] * EVENT_HANDLERS, dispatcher.admit_until)
+    return Concurrently(consumer.run, dispatcher.admit_until)

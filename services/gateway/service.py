@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 from uuid import UUID
 
 from fastapi import FastAPI
@@ -17,6 +19,7 @@ from ckrv.events.store import JobEventStore
 from ckrv.events.streams import provision_streams
 from ckrv.services.common.connections import connect_nats, connection_checks
 from ckrv.services.common.db import create_engine, session_factory
+from ckrv.services.common.event_service import Concurrently
 from ckrv.services.common.http import ReadinessCheck
 from ckrv.services.common.service import Service, run_in_thread
 from ckrv.services.common.settings import CommonSettings
@@ -90,16 +93,16 @@ class GatewayService(Service):
 
     async def run(self, stop: asyncio.Event) -> None:
         context = self.context
-        tasks = [
+        parts: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = [
             # The projector on a loop of its own: on the API's, each of its steps would wait
             # behind every request in flight, and under load the read model fell seconds behind.
-            run_in_thread(f"{self.name} projector", self._project, stop),
-            relay_outbox(context, stop),
-            self._end_log_streams(stop),
+            functools.partial(run_in_thread, f"{self.name} projector", self._project),
+            functools.partial(relay_outbox, context),
+            self._end_log_streams,
         ]
         if context.published is not None:
-            tasks.append(context.published.run(stop))
-        await asyncio.gather(*tasks)
+            parts.append(context.published.run)
+        await Concurrently(*parts).run(stop)
 
     async def _end_log_streams(self, stop: asyncio.Event) -> None:
         """Followed logs stream until the job ends: at a stop they end at once, so the HTTP

@@ -30,7 +30,7 @@ from ckrv.events.consumer import ConsumerSpec, Delivery, EventConsumer
 from ckrv.events.envelope import utc_now
 from ckrv.events.history import read_job_history
 from ckrv.events.subjects import JOBS_STREAM, JOBS_SUBJECTS
-from ckrv.services.common.event_service import Connections
+from ckrv.services.common.event_service import Concurrently, Connections
 from ckrv.services.common.inbox import claim_event
 from ckrv.services.common.sealing import KeyRing, UnsealError
 from ckrv.services.notifier.deliveries import (
@@ -111,7 +111,7 @@ class Notifier:
     async def run(self, stop: asyncio.Event) -> None:
         """Follow JOBS and send what is due, until `stop`."""
         consumer = EventConsumer(self._nc.jetstream(), notifier_spec(), parse_event, self.handle)
-        await asyncio.gather(consumer.run(stop), self.deliver_until(stop))
+        await Concurrently(consumer.run, self.deliver_until).run(stop)
 
     # Recording deliveries --------------------------------------------------------------
 

@@ -359,6 +359,56 @@ async def test_stopping_lets_the_message_in_hand_finish_and_acks_it(
     assert info.num_redelivered == 0
 
 
+async def test_stopping_abandons_a_fetch_under_way_so_nothing_more_is_taken(
+    nc: Client, job_id: UUID
+) -> None:
+    handled: list[UUID] = []
+
+    async def handler(delivery: Delivery[JobEvent]) -> None:
+        handled.append(delivery.payload.id)
+
+    # A fetch window far longer than the test: the consumer is waiting in it at the stop.
+    spec = spec_for(job_id, fetch_timeout_seconds=30.0)
+    async with running(nc, spec, handler) as stop:
+        await asyncio.sleep(0.3)
+        stop.set()
+    await EventPublisher(nc).append(submitted(job_id), expected_sequence=0)
+    await asyncio.sleep(0.3)
+    assert handled == []
+    info = await consumer_info(nc, spec)
+    # Left for the next consumer to take: not delivered here and handed back.
+    assert info.num_pending == 1
+    assert info.num_ack_pending == 0
+
+
+async def test_a_handler_cut_off_hands_its_message_back_at_once(nc: Client, job_id: UUID) -> None:
+    await EventPublisher(nc).append(submitted(job_id), expected_sequence=0)
+    started = asyncio.Event()
+
+    async def never_done(_: Delivery[JobEvent]) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    # An ack wait longer than the test waits: only a message handed back comes again in time.
+    spec = spec_for(job_id, ack_wait_seconds=60.0)
+    consumer = EventConsumer(nc.jetstream(), spec, parse_event, never_done)
+    cut_off = asyncio.create_task(consumer.run(asyncio.Event()))
+    await asyncio.wait_for(started.wait(), 10)
+    cut_off.cancel()
+    await asyncio.gather(cut_off, return_exceptions=True)
+    assert cut_off.cancelled()
+
+    deliveries: list[int] = []
+
+    async def completes(delivery: Delivery[JobEvent]) -> None:
+        deliveries.append(delivery.num_delivered)
+
+    async with running(nc, spec, completes):
+        await eventually(lambda: bool(deliveries))
+    assert deliveries == [2]
+    assert (await consumer_info(nc, spec)).num_ack_pending == 0
+
+
 BatchHandler = Callable[[Sequence[Delivery[JobEvent]]], Awaitable[None]]
 
 
