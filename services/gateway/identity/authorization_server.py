@@ -36,6 +36,7 @@ from authlib.oauth2.rfc6749 import (
     InvalidRequestError,
     OAuth2Payload,
     RefreshTokenGrant,
+    UnsupportedTokenTypeError,
 )
 from authlib.oauth2.rfc6750 import BearerTokenGenerator
 from authlib.oauth2.rfc7009 import RevocationEndpoint
@@ -295,7 +296,12 @@ class _RevocationEndpoint(RevocationEndpoint):  # type: ignore[misc]
     def check_params(self, request: GatewayOAuth2Request, client: PublicClient | None) -> None:
         if not request.form.get("token"):
             raise InvalidRequestError("missing 'token'")
-        super().check_params(request, client)
+        try:
+            super().check_params(request, client)
+        except UnsupportedTokenTypeError as error:
+            # RFC 7009 §2.2.1 answers as RFC 6749 §5.2 does, with 400; authlib says 401.
+            error.status_code = 400
+            raise
 
     def query_token(
         self, token_string: str, token_type_hint: str | None
