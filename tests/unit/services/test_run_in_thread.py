@@ -55,3 +55,28 @@ async def test_a_failure_of_the_work_is_raised_to_the_caller() -> None:
 
     with pytest.raises(ConnectionError, match="the database went away"):
         await asyncio.wait_for(run_in_thread("test work", work, asyncio.Event()), 5)
+
+
+async def test_cancelling_the_caller_cancels_the_work_and_waits_until_it_has_ended() -> None:
+    started = threading.Event()
+    ended: list[str] = []
+
+    async def work(_: asyncio.Event) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(3600)  # deaf to `stop`, as work past the shutdown timeout is
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.2)  # handing back what it held takes a moment
+            ended.append("cancelled and cleaned up")
+            raise
+
+    stop = asyncio.Event()
+    running = asyncio.create_task(run_in_thread("test work", work, stop))
+    await asyncio.to_thread(started.wait, 5)
+    stop.set()
+    await asyncio.sleep(0.05)
+    assert not running.done()
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(running, 5)
+    assert ended == ["cancelled and cleaned up"]
