@@ -31,9 +31,11 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from nats.aio.msg import Msg
+from nats.errors import ConnectionReconnectingError, NoRespondersError
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import ServiceUnavailableError
 from prometheus_client import Counter, Gauge, Histogram
 
 from ckrv.events.subjects import dead_letter_subject
@@ -55,6 +57,12 @@ PENDING = Gauge(
 HANDLE_SECONDS = Histogram(
     "ckrv_consumer_handle_seconds", "Time the handler took per message.", ["consumer"]
 )
+
+# JetStream out of reach for a moment (a busy or restarting server, a leader election, a
+# reconnect) is waited out rather than ending the service: tried again after these pauses,
+# the last one repeating.
+UNREACHABLE_RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0)
+_UNREACHABLE = (NoRespondersError, ServiceUnavailableError, ConnectionReconnectingError)
 
 DEAD_LETTER_REASON = "Ckrv-Dead-Letter-Reason"
 ORIGINAL_SUBJECT = "Ckrv-Original-Subject"
@@ -151,10 +159,25 @@ class EventConsumer(Generic[T]):
         If one of the spec's `handlers` fails, the others are cancelled (handing back
         their messages) and the failure is raised once they have ended.
         """
-        await self.ensure_consumer()
+        if not await self._ensure_consumer_when_reachable(stop):
+            return
         async with asyncio.TaskGroup() as handlers:
             for _ in range(self._spec.handlers):
                 handlers.create_task(self._fetch_and_handle(stop))
+
+    async def _ensure_consumer_when_reachable(self, stop: asyncio.Event) -> bool:
+        """Create the consumer, waiting out JetStream out of reach; False if stopped first."""
+        attempts = 0
+        while True:
+            try:
+                await self.ensure_consumer()
+                return True
+            except (TimeoutError, *_UNREACHABLE) as error:
+                if not await self._pause_while_unreachable(
+                    "create the consumer", error, attempts, stop
+                ):
+                    return False
+                attempts += 1
 
     async def _fetch_and_handle(self, stop: asyncio.Event) -> None:
         subscription = await self._js.pull_subscribe_bind(
@@ -175,6 +198,7 @@ class EventConsumer(Generic[T]):
         self, subscription: JetStreamContext.PullSubscription, stop: asyncio.Event
     ) -> list[Msg] | None:
         """The next fetch's messages, or None once `stop` is set (the fetch abandoned)."""
+        unreachable = 0
         while not stop.is_set():
             fetching = asyncio.create_task(
                 subscription.fetch(self._spec.batch_size, timeout=self._spec.fetch_timeout_seconds)
@@ -192,8 +216,28 @@ class EventConsumer(Generic[T]):
                 # Messages that came as `stop` was set are handed back by the caller.
                 return fetching.result()
             except TimeoutError:  # nothing arrived within the fetch window
-                continue
+                unreachable = 0
+            except _UNREACHABLE as error:
+                if not await self._pause_while_unreachable("fetch", error, unreachable, stop):
+                    return None
+                unreachable += 1
         return None
+
+    async def _pause_while_unreachable(
+        self, action: str, error: Exception, attempts: int, stop: asyncio.Event
+    ) -> bool:
+        """Wait before trying `action` again; False if `stop` was set meanwhile."""
+        pause = UNREACHABLE_RETRY_SECONDS[min(attempts, len(UNREACHABLE_RETRY_SECONDS) - 1)]
+        logger.warning(
+            "cannot %s: JetStream did not answer (%s); trying again in %g s",
+            action,
+            type(error).__name__,
+            pause,
+            extra={"consumer": self._spec.durable},
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), pause)
+        return not stop.is_set()
 
     async def _handle_fetched(self, batch: list[Msg], stop: asyncio.Event) -> None:
         """Handle a fetch's messages one after the other."""

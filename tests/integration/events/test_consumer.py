@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -36,6 +38,7 @@ from ckrv.events.streams import DEAD_LETTER_STREAM
 from ckrv.events.subjects import JOBS_STREAM, dead_letter_subject, job_subjects
 from ckrv.services.common.db import create_engine, create_schema, session_factory
 from ckrv.services.common.inbox import claim_event
+from ckrv.services.stack.nats_server import NatsServer
 from tests.integration.events.builders import submitted
 
 pytestmark = pytest.mark.integration
@@ -569,3 +572,57 @@ async def test_a_lone_message_does_not_make_the_next_one_wait(nc: Client, job_id
         await eventually(lambda: handled == [first.id])
         await append_all(nc, [second], after=last)
         await eventually(lambda: handled == [first.id, second.id], within=5.0)
+
+
+async def test_a_consumer_waits_out_jetstream_out_of_reach_then_handles_its_events(
+    events_nats_server: NatsServer, nc: Client, job_id: UUID, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[UUID] = []
+
+    async def handler(delivery: Delivery[JobEvent]) -> None:
+        seen.append(delivery.payload.id)
+
+    # Short API timeouts: the frozen server's silence shows in half a second.
+    consumer = EventConsumer(nc.jetstream(timeout=0.5), spec_for(job_id), parse_event, handler)
+    assert events_nats_server.process is not None
+    server_pid = events_nats_server.process.pid
+    assert server_pid is not None
+    stop = asyncio.Event()
+    os.kill(server_pid, signal.SIGSTOP)  # alive but answering nothing, as a busy server is
+    try:
+        running = asyncio.create_task(consumer.run(stop))
+        await eventually(lambda: "cannot create the consumer" in caplog.text)
+        assert not running.done()
+    finally:
+        os.kill(server_pid, signal.SIGCONT)
+    try:
+        event = submitted(job_id)
+        await EventPublisher(nc).append(event, expected_sequence=0)
+        await eventually(lambda: seen == [event.id])
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)
+    assert "JetStream did not answer (TimeoutError)" in caplog.text
+
+
+async def test_a_consumer_carries_on_across_a_restart_of_the_nats_server(
+    events_nats_server: NatsServer, provisioned_nats_url: str, job_id: UUID
+) -> None:
+    seen: list[UUID] = []
+
+    async def handler(delivery: Delivery[JobEvent]) -> None:
+        seen.append(delivery.payload.id)
+
+    client = await nats.connect(provisioned_nats_url, reconnect_time_wait=0.2)
+    try:
+        async with running(client, spec_for(job_id), handler):
+            first = submitted(job_id)
+            sequence = (await EventPublisher(client).append(first, expected_sequence=0)).sequence
+            await eventually(lambda: seen == [first.id])
+            await events_nats_server.stop()
+            await events_nats_server.start()
+            second = submitted(job_id, spec_id="after-restart")
+            await EventPublisher(client).append(second, expected_sequence=sequence)
+            await eventually(lambda: seen == [first.id, second.id], within=20)
+    finally:
+        await client.close()
