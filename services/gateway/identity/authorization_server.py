@@ -14,6 +14,12 @@ Clients are public (`token_endpoint_auth_method` "none"): a client id, no secret
 without `client_id` is `invalid_request` (the parameter is required, RFC 8628 §3.1), an
 unknown one `invalid_client` with 401; revocation asks for no client id, as holding the
 token is what entitles its revocation.
+
+Kept by the gateway around authlib's classes: reading JSON bodies as well as forms (the
+open-source client posts JSON), `invalid_request` for a missing `grant_type` (authlib says
+`unsupported_grant_type`), 400 for `unsupported_token_type` (authlib says 401), and the RFC 8414
+metadata document (`routes`; authlib's model refuses the empty `response_types_supported` of a
+server without an authorization endpoint).
 """
 
 from __future__ import annotations
