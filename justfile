@@ -76,3 +76,7 @@ schemas:
 # [perf] Run the benchmarks; each writes tests/perf/results/<name>.json and prints a table.
 bench:
     python -m tests.perf
+
+# [deploy] Build both images with buildah on local base images, check they run (root; deploy/README.md).
+images *args:
+    deploy/images/build-local.sh {{args}}
