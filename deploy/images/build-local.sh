@@ -56,6 +56,15 @@ image_exists() { bh inspect --type image "$1" >/dev/null 2>&1; }
 
 image_id() { bh inspect --type image --format '{{.FromImageID}}' "$1" 2>/dev/null || true; }
 
+# After NAME was built anew: the image it named before (ID PREVIOUS) is left without a name;
+# remove it rather than keep a copy.
+drop_replaced() {
+    local name=$1 previous=$2
+    if [ -n "$previous" ] && [ "$previous" != "$(image_id "$name")" ]; then
+        bh rmi "$previous" >/dev/null 2>&1 || true
+    fi
+}
+
 require_tools() {
     if [ "$(id -u)" != 0 ]; then
         say "run as root (buildah's vfs storage and chroot isolation need it)"
@@ -102,13 +111,15 @@ rootfs() {
 import_image() {
     local name=$1 tarball=$2
     shift 2
-    local container
+    local container previous
+    previous=$(image_id "$name")
     container=$(bh from --name "ckrv-import-$$" scratch)
     bh add "$container" "$tarball" / >/dev/null
     bh config --os linux --arch amd64 \
         --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         --env LANG=C.UTF-8 "$@" "$container"
     bh commit --rm --quiet "$container" "$name" >/dev/null
+    drop_replaced "$name" "$previous"
 }
 
 ca_hook() {
@@ -153,21 +164,17 @@ build_node_base() {
 }
 
 build_image() {
-    local name=$1 containerfile=$2 previous
+    local name=$1 containerfile=$2 previous before
     previous=$(image_id "$name")
-    say "building $name from $containerfile ..."
-    local before
     before=$(bh containers --quiet --notruncate | sort)
+    say "building $name from $containerfile ..."
     bh build --isolation chroot --pull-never --quiet \
         --build-arg PYTHON_IMAGE="$python_base" --build-arg NODE_IMAGE="$node_base" \
         -f "$here/$containerfile" -t "$name" "$root" >/dev/null
     # buildah 1.28 leaves the container of a stage without instructions (the worker's `node`).
     comm -13 <(echo "$before") <(bh containers --quiet --notruncate | sort) \
         | xargs -r buildah --storage-driver vfs rm >/dev/null
-    # The image the tag named before is left without a name: remove it, not to keep a copy.
-    if [ -n "$previous" ] && [ "$previous" != "$(image_id "$name")" ]; then
-        bh rmi "$previous" >/dev/null 2>&1 || true
-    fi
+    drop_replaced "$name" "$previous"
 }
 
 # The image the checks run in, opened by `open_image IMAGE`: one container, mounted, with the
