@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from ckrv.services.operator import SERVICES
-from ckrv.services.runners.kubernetes_objects import WORKSPACE_MOUNT_PATH
+from ckrv.services.runners.kubernetes_objects import TMP_MOUNT_PATH, WORKSPACE_MOUNT_PATH
 from ckrv.services.runners.settings import RunnerSettings
 from tests.integration.deploy.conftest import DEPLOY, pod_specs, render
 
@@ -138,9 +138,11 @@ def test_the_worker_image_has_git_ssh_and_every_agent_with_a_writable_home() -> 
     assert programs == set(AGENT_PACKAGES)
     for package in AGENT_PACKAGES.values():
         assert f'"{package}@$' in runs
-    # The root file system is read-only: home and temporary files are on the runner's volume.
+    # The root file system is read-only: home and temporary files are on the runner's volumes,
+    # apart (Codex sets up no helper programs in a home inside the temporary folder).
     variables = environment("worker.Containerfile")
-    assert variables["HOME"] == variables["TMPDIR"] == WORKSPACE_MOUNT_PATH
+    assert variables["HOME"] == WORKSPACE_MOUNT_PATH
+    assert variables["TMPDIR"] == TMP_MOUNT_PATH
 
 
 def test_what_the_images_copy_builds_the_package_with_its_commands(tmp_path: Path) -> None:
