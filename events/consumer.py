@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -63,6 +63,9 @@ HANDLE_SECONDS = Histogram(
 # the last one repeating.
 UNREACHABLE_RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0)
 _UNREACHABLE = (NoRespondersError, ServiceUnavailableError, ConnectionReconnectingError)
+
+# How long an ack may take to be confirmed, as long as JetStream's API calls may take.
+ACK_TIMEOUT_SECONDS = 5.0
 
 DEAD_LETTER_REASON = "Ckrv-Dead-Letter-Reason"
 ORIGINAL_SUBJECT = "Ckrv-Original-Subject"
@@ -185,7 +188,8 @@ class EventConsumer(Generic[T]):
         )
         try:
             while (batch := await self._fetch(subscription, stop)) is not None:
-                await self._handle_fetched(batch, stop)
+                with self._unsettled_comes_back():
+                    await self._handle_fetched(batch, stop)
                 if 1 < len(batch) < self._spec.batch_size and self._spec.linger_seconds > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), self._spec.linger_seconds)
@@ -250,13 +254,30 @@ class EventConsumer(Generic[T]):
     async def _hand_back(self, messages: Sequence[Msg]) -> None:
         # At once, so another replica takes them now instead of after the ack wait.
         for unhandled in messages:
-            await unhandled.nak()
+            with self._unsettled_comes_back():
+                await unhandled.nak()
 
     async def handle(self, message: Msg) -> None:
         """Decide one message's fate from the handler's outcome."""
-        delivery = await self._decoded(message)
-        if delivery is not None:
-            await self._handle_delivery(message, delivery)
+        with self._unsettled_comes_back():
+            delivery = await self._decoded(message)
+            if delivery is not None:
+                await self._handle_delivery(message, delivery)
+
+    @contextlib.contextmanager
+    def _unsettled_comes_back(self) -> Iterator[None]:
+        """Around telling JetStream a message's fate (ack, nak, dead letter), which fails when
+        it is slow or out of reach: the message is not lost but delivered again after the ack
+        wait, and handlers take a delivery they have seen before in their stride (the inbox).
+        No reason to end the service."""
+        try:
+            yield
+        except NatsError as error:
+            logger.warning(
+                "a message's fate did not reach JetStream (%s); it will be delivered again",
+                type(error).__name__,
+                extra={"consumer": self._spec.durable},
+            )
 
     async def _decoded(self, message: Msg) -> Delivery[T] | None:
         """The message as the handler sees it; None once dead-lettered as undecodable."""
@@ -291,7 +312,7 @@ class EventConsumer(Generic[T]):
     async def _ack(self, message: Msg) -> None:
         # Wait for the server to record the ack: once the next message starts, this one
         # must not come back after a crash.
-        await message.ack_sync()
+        await message.ack_sync(timeout=ACK_TIMEOUT_SECONDS)
         MESSAGES.labels(self._spec.durable, "acked").inc()
 
     async def _retry_or_dead_letter(
@@ -361,10 +382,7 @@ class EventConsumer(Generic[T]):
         try:
             yield
         except asyncio.CancelledError:
-            # One that cannot be handed back (the connection is gone) comes back anyway,
-            # only later: after the ack wait.
-            with contextlib.suppress(NatsError):
-                await self._hand_back(messages)
+            await self._hand_back(messages)
             raise
         finally:
             heartbeat.cancel()

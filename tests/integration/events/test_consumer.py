@@ -20,6 +20,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ckrv.events import consumer as consumer_module
 from ckrv.events.catalog import JobEvent, parse_event
 from ckrv.events.consumer import (
     DEAD_LETTER_REASON,
@@ -626,3 +627,42 @@ async def test_a_consumer_carries_on_across_a_restart_of_the_nats_server(
             await eventually(lambda: seen == [first.id, second.id], within=20)
     finally:
         await client.close()
+
+
+async def test_an_ack_that_times_out_neither_ends_the_consumer_nor_loses_the_event(
+    events_nats_server: NatsServer,
+    nc: Client,
+    job_id: UUID,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(consumer_module, "ACK_TIMEOUT_SECONDS", 0.3)
+    assert events_nats_server.process is not None
+    server_pid = events_nats_server.process.pid
+    assert server_pid is not None
+    entered, release = asyncio.Event(), asyncio.Event()
+    seen: list[UUID] = []
+
+    async def handler(delivery: Delivery[JobEvent]) -> None:
+        entered.set()
+        await release.wait()
+        seen.append(delivery.payload.id)
+
+    spec = spec_for(job_id)
+    publisher = EventPublisher(nc)
+    first, second = submitted(job_id), submitted(job_id, spec_id="second")
+    async with running(nc, spec, handler):
+        sequence = (await publisher.append(first, expected_sequence=0)).sequence
+        await asyncio.wait_for(entered.wait(), 10)
+        os.kill(server_pid, signal.SIGSTOP)  # the ack goes unanswered
+        try:
+            release.set()
+            await eventually(lambda: "fate did not reach JetStream (TimeoutError)" in caplog.text)
+        finally:
+            os.kill(server_pid, signal.SIGCONT)
+        await publisher.append(second, expected_sequence=sequence)
+        # The first comes again if its ack was lost on the way, not if it arrived late.
+        await eventually(lambda: seen[-1:] == [second.id] and seen[0] == first.id)
+    assert set(seen) == {first.id, second.id}
+    info = await consumer_info(nc, spec)
+    assert (info.num_pending, info.num_ack_pending) == (0, 0)
