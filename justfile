@@ -27,7 +27,8 @@ test-unit:
     pytest -q -m "not integration and not e2e"
 
 # [setup] Debian packages the tests drive: Chromium (Playwright drives /usr/bin/chromium),
-# bubblewrap (the local runner's sandbox), sshd (git over ssh), strace; idempotent.
+# bubblewrap (the local runner's sandbox), sshd (git over ssh), strace, and gnome-keyring with
+# a D-Bus daemon and monitor (the CLI's system keyring); idempotent.
 system-packages:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -36,6 +37,9 @@ system-packages:
         [/usr/bin/bwrap]=bubblewrap
         [/usr/sbin/sshd]=openssh-server
         [/usr/bin/strace]=strace
+        [/usr/bin/gnome-keyring-daemon]=gnome-keyring
+        [/usr/bin/dbus-daemon]=dbus-daemon
+        [/usr/bin/dbus-monitor]=dbus-bin
     )
     missing=()
     for program in "${!wanted[@]}"; do
