@@ -478,7 +478,8 @@ class KeyringStore:
         with _file_lock(self._lock_directory / f".keyring-{check_profile(profile)}.lock"):
             yield
 
-    def _call(self, action: str, operation: Callable[[], T]) -> T:
+    def check_unlocked(self) -> None:
+        """`CredentialStoreError` if, without a terminal, using the keyring would open a dialog."""
         if not self._interactive and keyring_would_prompt(self.backend):
             raise CredentialStoreError(
                 "the system keyring is locked, and ckrv does not ask to unlock it when it runs "
@@ -488,6 +489,10 @@ class KeyringStore:
                     f"token, or use {STORE_VARIABLE}=file and log in again."
                 ),
             )
+
+    def _call(self, action: str, operation: Callable[[], T]) -> T:
+        # Checked again at every use: the keyring may lock while a login waits for approval.
+        self.check_unlocked()
         try:
             return operation()
         except Exception as error:  # backends fail in their own ways (D-Bus, OS, ...)
@@ -499,7 +504,10 @@ class KeyringStore:
 
 
 def open_credential_store(env: Mapping[str, str] | None = None) -> CredentialStore:
-    """The store this run uses: the one `CKRV_CREDENTIAL_STORE` names, else keyring if usable."""
+    """The store this run uses: the one `CKRV_CREDENTIAL_STORE` names, else keyring if usable.
+
+    `CredentialStoreError` if that is a keyring which, without a terminal, would ask to be unlocked.
+    """
     env = os.environ if env is None else env
     choice = env.get(STORE_VARIABLE, "").strip().lower()
     if choice not in ("", "auto", *STORE_CHOICES):
@@ -514,7 +522,11 @@ def open_credential_store(env: Mapping[str, str] | None = None) -> CredentialSto
 
     backend = keyring.get_keyring()
     if usable_backends(backend):
-        return KeyringStore(backend, directory)
+        store = KeyringStore(backend, directory)
+        # Refused here, before any command starts: `ckrv cloud login` would otherwise have the
+        # user approve in the browser, then find it cannot keep the tokens.
+        store.check_unlocked()
+        return store
     if choice == "keyring":
         raise ConfigError(
             f"{STORE_VARIABLE}=keyring, but this system has no usable keyring "
