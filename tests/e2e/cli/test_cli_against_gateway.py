@@ -8,17 +8,14 @@ CHAKRAVARTI_TOKEN, as the installed `ckrv` would be called.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.cli_runs import Completed, run_ckrv, user_environment
 from tests.running_gateway import RunningGateway
 from tests.unit.cli.git_repos import git, isolate_git
 
@@ -28,16 +25,6 @@ SPEC = "id: add-greeting\ngoal: Add a greeting to the README.\n"
 # Accepted by the gateway (https, host and path) but never resolvable: nothing is fetched.
 REPO = "https://git.invalid/acme/app.git"
 FREE_TIER_JOBS = 10
-
-
-@dataclass(frozen=True)
-class Completed:
-    exit_code: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> Any:
-        return json.loads(self.stdout)
 
 
 @dataclass
@@ -53,25 +40,13 @@ class User:
         self.email = self.email or f"cli-{uuid.uuid4().hex[:12]}@example.com"
 
     def ckrv(self, *args: str, cwd: Path | None = None) -> Completed:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAKRAVARTI_", "CKRV_"))}
-        env |= {
-            "CHAKRAVARTI_API_URL": self.gateway.api_url,
-            "CHAKRAVARTI_TOKEN": self.gateway.token(self.email, self.tier),
-            # No login stored on the machine running the tests is ever read.
-            "XDG_CONFIG_HOME": str(self.workdir / ".config"),
-            "CKRV_CREDENTIAL_STORE": "file",
-        }
-        completed = subprocess.run(
-            [sys.executable, "-m", "ckrv.cli.app", *args],
-            cwd=cwd or self.workdir,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=120,
+        env = user_environment(
+            self.workdir / ".config",
+            CHAKRAVARTI_API_URL=self.gateway.api_url,
+            CHAKRAVARTI_TOKEN=self.gateway.token(self.email, self.tier),
+            CKRV_CREDENTIAL_STORE="file",
         )
-        assert "Traceback" not in completed.stderr, completed.stderr
-        return Completed(completed.returncode, completed.stdout, completed.stderr)
+        return run_ckrv(args, env=env, cwd=cwd or self.workdir, timeout=120)
 
     def submit(self, spec: Path) -> str:
         result = self.ckrv(
@@ -226,16 +201,9 @@ def test_a_rejected_submission_names_the_field(new_user: UserFactory, spec: Path
 
 
 def test_a_bad_token_is_refused(gateway: RunningGateway, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAKRAVARTI_")}
-    env |= {"CHAKRAVARTI_API_URL": gateway.api_url, "CHAKRAVARTI_TOKEN": "nonsense"}
-    completed = subprocess.run(
-        [sys.executable, "-m", "ckrv.cli.app", "jobs"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
+    env = user_environment(
+        tmp_path / ".config", CHAKRAVARTI_API_URL=gateway.api_url, CHAKRAVARTI_TOKEN="nonsense"
     )
-    assert completed.returncode == 1
+    completed = run_ckrv(["jobs"], env=env, cwd=tmp_path, timeout=120)
+    assert completed.exit_code == 1
     assert "access token was refused" in completed.stderr

@@ -7,9 +7,6 @@ job's repository, against the module's gateway.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID, uuid4
@@ -17,6 +14,7 @@ from uuid import UUID, uuid4
 import httpx
 import pytest
 
+from tests.cli_runs import Completed, run_ckrv, user_environment
 from tests.git_servers import create_sample_repository
 from tests.integration.execution.conftest import Execution, add_pat, submit, wait_for
 from tests.unit.cli.git_repos import git, isolate_git
@@ -46,13 +44,6 @@ class FinishedJob:
     @property
     def branch(self) -> str:
         return f"ckrv/{self.job_id.hex[:8]}"
-
-
-@dataclass(frozen=True)
-class Ran:
-    exit_code: int
-    stdout: str
-    stderr: str
 
 
 @pytest.fixture(scope="module")
@@ -89,28 +80,13 @@ def clone(finished_job: FinishedJob, tmp_path: Path, git_environment: dict[str, 
     return work
 
 
-def ckrv(job: FinishedJob, cwd: Path, environment: dict[str, str], *args: str) -> Ran:
-    variables = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("CHAKRAVARTI_", "CKRV_", "GIT_"))
-    }
-    variables |= environment | {
-        "CHAKRAVARTI_API_URL": job.api_url,
-        "CHAKRAVARTI_TOKEN": job.token,
-        "XDG_CONFIG_HOME": str(cwd.parent / ".config"),
-    }
-    completed = subprocess.run(
-        [sys.executable, "-m", "ckrv.cli.app", *args],
-        cwd=cwd,
-        env=variables,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+def ckrv(job: FinishedJob, cwd: Path, environment: dict[str, str], *args: str) -> Completed:
+    variables = user_environment(
+        cwd.parent / ".config", CHAKRAVARTI_API_URL=job.api_url, CHAKRAVARTI_TOKEN=job.token
     )
-    assert "Traceback" not in completed.stderr, completed.stderr
-    return Ran(completed.returncode, completed.stdout, completed.stderr)
+    # Git as `environment` says, not as the machine running the tests has it.
+    variables = {name: value for name, value in variables.items() if not name.startswith("GIT_")}
+    return run_ckrv(args, env=variables | environment, cwd=cwd, timeout=120)
 
 
 def tree(work: Path, revision: str) -> dict[str, str]:

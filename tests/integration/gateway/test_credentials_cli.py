@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import pty
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,20 +19,14 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.cli_runs import CKRV, Completed, run_ckrv, user_environment
 from tests.integration.gateway.credentials import new_deploy_key, new_name, new_token, opened
 from tests.running_gateway import RunningGateway
 
 pytestmark = pytest.mark.integration
 
-COMMAND = [sys.executable, "-m", "ckrv.cli.app", "cloud", "credentials"]
+COMMAND = ["cloud", "credentials"]
 PROMPT = b"Token (input hidden): "
-
-
-@dataclass(frozen=True)
-class Completed:
-    exit_code: int
-    stdout: str
-    stderr: str
 
 
 @dataclass
@@ -46,14 +39,12 @@ class User:
 
     @property
     def environment(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAKRAVARTI_", "CKRV_"))}
-        return env | {
-            "CHAKRAVARTI_API_URL": self.gateway.api_url,
-            "CHAKRAVARTI_TOKEN": self.gateway.token(self.email),
-            # No login stored on the machine running the tests is ever read.
-            "XDG_CONFIG_HOME": str(self.workdir / ".config"),
-            "CKRV_CREDENTIAL_STORE": "file",
-        }
+        return user_environment(
+            self.workdir / ".config",
+            CHAKRAVARTI_API_URL=self.gateway.api_url,
+            CHAKRAVARTI_TOKEN=self.gateway.token(self.email),
+            CKRV_CREDENTIAL_STORE="file",
+        )
 
     @property
     def id(self) -> UUID:
@@ -65,24 +56,13 @@ class User:
 
     def credentials(self, *args: str, stdin: str | None = None) -> Completed:
         """`ckrv cloud credentials ARGS`; stdin is `stdin`, or empty (not a terminal)."""
-        completed = subprocess.run(
-            [*COMMAND, *args],
-            input=stdin,
-            stdin=subprocess.DEVNULL if stdin is None else None,
-            env=self.environment,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=60,
-        )
-        assert "Traceback" not in completed.stderr, completed.stderr
-        return Completed(completed.returncode, completed.stdout, completed.stderr)
+        return run_ckrv([*COMMAND, *args], env=self.environment, stdin=stdin)
 
     def credentials_at_terminal(self, *args: str, typed: bytes) -> tuple[int, bytes]:
         """Run on a terminal of its own, type `typed` at the prompt; exit code and screen."""
         pid, terminal = pty.fork()
         if pid == 0:  # pragma: no cover - the child becomes the CLI
-            os.execve(sys.executable, [*COMMAND, *args], self.environment)
+            os.execve(sys.executable, [*CKRV, *COMMAND, *args], self.environment)
         screen = b""
         try:
             while PROMPT not in screen and b"Error" not in screen:

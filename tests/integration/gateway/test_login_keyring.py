@@ -13,14 +13,11 @@ waits a second for its approval, not five.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -35,12 +32,12 @@ from ckrv.services.gateway.identity.flows import decide_device_authorization
 from ckrv.services.gateway.identity.tables import DeviceAuthorization
 from ckrv.services.stack.nats_server import NatsServer
 from ckrv.services.stack.postgres_server import PostgresServer
+from tests.cli_runs import CKRV, Completed, run_ckrv
 from tests.running_gateway import RunningGateway, started_gateway
 from tests.secret_service import SECRETS_NAME, SecretService, running_secret_service
 
 pytestmark = pytest.mark.integration
 
-COMMAND = [sys.executable, "-m", "ckrv.cli.app", "cloud"]
 PASSWORD = "the desktop session password"
 USER_CODE = re.compile(r"\b([B-DF-HJ-NP-TV-XZ]{4}-[2-9]{4})\b")
 LOCKED_MESSAGE = (
@@ -55,20 +52,6 @@ LOCKED_HINT = (
 # another home, a browser or another API.
 NOT_INHERITED = ("HOME", "DISPLAY", "WAYLAND_DISPLAY", "BROWSER", "PYTHON_KEYRING_BACKEND")
 NOT_INHERITED_PREFIXES = ("CKRV_", "CHAKRAVARTI_", "XDG_", "DBUS_")
-
-
-@dataclass(frozen=True)
-class Completed:
-    exit_code: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> Any:
-        return json.loads(self.stdout)
-
-    def error(self) -> Any:
-        """The `--json` error object on stderr."""
-        return json.loads(self.stderr)
 
 
 @dataclass
@@ -92,22 +75,12 @@ class Desktop:
 
     def ckrv(self, *args: str, store: str | None = None) -> Completed:
         """`ckrv cloud ARGS`, stdin not a terminal."""
-        completed = subprocess.run(
-            [*COMMAND, *args],
-            stdin=subprocess.DEVNULL,
-            env=self.environment(store),
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=60,
-        )
-        assert "Traceback" not in completed.stderr, completed.stderr
-        return Completed(completed.returncode, completed.stdout, completed.stderr)
+        return run_ckrv(["cloud", *args], env=self.environment(store))
 
     async def login(self, email: str, *, store: str | None = None) -> Completed:
         """`ckrv cloud login --no-browser --json`, approved for a new user `email` meanwhile."""
         login = subprocess.Popen(
-            [*COMMAND, "login", "--no-browser", "--json"],
+            [*CKRV, "cloud", "login", "--no-browser", "--json"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

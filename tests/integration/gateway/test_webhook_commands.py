@@ -8,12 +8,8 @@ No notifier runs beside the session's gateway, so a ping stays queued here
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
@@ -21,21 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ckrv.services.common.db import session_factory
 from ckrv.services.notifier.tables import WebhookEndpoint
+from tests.cli_runs import Completed, run_ckrv, user_environment
 from tests.running_gateway import RunningGateway
 
 pytestmark = pytest.mark.integration
-
-COMMAND = [sys.executable, "-m", "ckrv.cli.app", "webhooks"]
-
-
-@dataclass(frozen=True)
-class Completed:
-    exit_code: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> Any:
-        return json.loads(self.stdout)
 
 
 @dataclass
@@ -45,25 +30,13 @@ class User:
     email: str
 
     def webhooks(self, *args: str) -> Completed:
-        environment = {
-            k: v for k, v in os.environ.items() if not k.startswith(("CHAKRAVARTI_", "CKRV_"))
-        } | {
-            "CHAKRAVARTI_API_URL": self.gateway.api_url,
-            "CHAKRAVARTI_TOKEN": self.gateway.token(self.email),
-            "XDG_CONFIG_HOME": str(self.workdir / ".config"),
-            "CKRV_CREDENTIAL_STORE": "file",
-        }
-        completed = subprocess.run(
-            [*COMMAND, *args],
-            stdin=subprocess.DEVNULL,
-            env=environment,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=60,
+        environment = user_environment(
+            self.workdir / ".config",
+            CHAKRAVARTI_API_URL=self.gateway.api_url,
+            CHAKRAVARTI_TOKEN=self.gateway.token(self.email),
+            CKRV_CREDENTIAL_STORE="file",
         )
-        assert "Traceback" not in completed.stderr, completed.stderr
-        return Completed(completed.returncode, completed.stdout, completed.stderr)
+        return run_ckrv(["webhooks", *args], env=environment)
 
 
 @pytest.fixture
