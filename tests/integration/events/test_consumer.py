@@ -129,6 +129,19 @@ async def last_dead_letter(nc: Client, spec: ConsumerSpec) -> tuple[dict[str, st
         return dict(message.headers or {}), message.data or b""
 
 
+async def assert_delivered_again_and_acked(nc: Client, spec: ConsumerSpec) -> None:
+    """The consumer's one event comes a second time, and is acked then."""
+    deliveries: list[int] = []
+
+    async def completes(delivery: Delivery[JobEvent]) -> None:
+        deliveries.append(delivery.num_delivered)
+
+    async with running(nc, spec, completes):
+        await eventually(lambda: bool(deliveries))
+    assert deliveries == [2]
+    assert (await consumer_info(nc, spec)).num_ack_pending == 0
+
+
 async def test_each_event_is_handled_once_in_order_and_acked(nc: Client, job_id: UUID) -> None:
     publisher = EventPublisher(nc)
     events = [submitted(job_id, spec_id=f"spec-{number}") for number in range(5)]
@@ -169,15 +182,7 @@ async def test_a_crash_before_ack_redelivers(
         pass
 
     await crash_after(provisioned_nats_url, spec, nothing)
-    deliveries: list[int] = []
-
-    async def completes(delivery: Delivery[JobEvent]) -> None:
-        deliveries.append(delivery.num_delivered)
-
-    async with running(nc, spec, completes):
-        await eventually(lambda: bool(deliveries))
-    assert deliveries == [2]
-    assert (await consumer_info(nc, spec)).num_ack_pending == 0
+    await assert_delivered_again_and_acked(nc, spec)
 
 
 @pytest.fixture
@@ -402,15 +407,7 @@ async def test_a_handler_cut_off_hands_its_message_back_at_once(nc: Client, job_
     await asyncio.gather(cut_off, return_exceptions=True)
     assert cut_off.cancelled()
 
-    deliveries: list[int] = []
-
-    async def completes(delivery: Delivery[JobEvent]) -> None:
-        deliveries.append(delivery.num_delivered)
-
-    async with running(nc, spec, completes):
-        await eventually(lambda: bool(deliveries))
-    assert deliveries == [2]
-    assert (await consumer_info(nc, spec)).num_ack_pending == 0
+    await assert_delivered_again_and_acked(nc, spec)
 
 
 BatchHandler = Callable[[Sequence[Delivery[JobEvent]]], Awaitable[None]]
