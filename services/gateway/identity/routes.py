@@ -8,6 +8,7 @@ RFCs say) and JSON (as the open-source `ckrv` client sends), and answer errors i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -39,15 +40,23 @@ router = APIRouter(tags=["Auth"])
 well_known = APIRouter(tags=["Auth"])
 
 
+def _endpoint(
+    name: str,
+) -> Callable[[GatewayAuthorizationServer, GatewayOAuth2Request], JSONResponse]:
+    """The answer of authlib's endpoint `name` to a request."""
+
+    def respond(
+        server: GatewayAuthorizationServer, oauth_request: GatewayOAuth2Request
+    ) -> JSONResponse:
+        response: JSONResponse = server.create_endpoint_response(name, oauth_request)
+        return response
+
+    return respond
+
+
 @router.post("/auth/device", summary="Start the device flow (RFC 8628 §3.1)")
 async def device_authorization(request: Request, context: ContextDep) -> JSONResponse:
-    return await exchange(
-        request,
-        context,
-        lambda server, oauth_request: server.create_endpoint_response(
-            DeviceAuthorizationEndpoint.ENDPOINT_NAME, oauth_request
-        ),
-    )
+    return await exchange(request, context, _endpoint(DeviceAuthorizationEndpoint.ENDPOINT_NAME))
 
 
 def _token_response(
@@ -92,13 +101,7 @@ async def refresh(request: Request, context: ContextDep) -> JSONResponse:
 
 @router.post("/auth/revoke", summary="Revoke a refresh or API token (RFC 7009)")
 async def revoke(request: Request, context: ContextDep) -> JSONResponse:
-    return await exchange(
-        request,
-        context,
-        lambda server, oauth_request: server.create_endpoint_response(
-            RevocationEndpoint.ENDPOINT_NAME, oauth_request
-        ),
-    )
+    return await exchange(request, context, _endpoint(RevocationEndpoint.ENDPOINT_NAME))
 
 
 @well_known.get("/.well-known/jwks.json", summary="Public keys of access tokens")
